@@ -1,0 +1,304 @@
+"""Architectures: a :class:`Skeleton` (the fixed macro structure) plus the ops chosen per layer.
+
+The skeleton says what FNA never searches: stem, stage widths, strides and dilations, the optional 1x1
+"tail" conv (320 -> 1280 in MobileNetV2), the activation, BN eps and the feature taps. A
+:class:`~fnatune.space.SearchSpace` is a skeleton plus candidate ops per layer; an :class:`Arch` is a
+skeleton plus one op per layer. A seed network's own layout is an ``Arch`` too (with no space).
+
+Arch files are JSON. The full form is self-contained; a short form names a registered space and gives
+only the ops (``"ops": [[...], ...]`` or ``"blocks": "k3_e1 | k3_e6 skip | ..."``).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from fnatune.errors import ArchError, MissingPathError
+from fnatune.ops import SKIP, check_activation, hidden_channels, parse_op
+
+ARCH_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StageShape:
+    """Output channels, stride and dilation of one stage (shared by every layer of it)."""
+
+    out_channels: int
+    stride: int = 1
+    dilation: int = 1
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Where a feature map is taken from.
+
+    Written as a string in files: ``"stem"``, ``"tail"``, ``"S"`` (output of stage S) or
+    ``"S.L.expand"`` (the expansion activation inside layer L of stage S, SSDLite's head tap).
+    """
+
+    where: Literal["stem", "stage", "tail"]
+    stage: int = -1
+    layer: int = -1
+
+    @staticmethod
+    def parse(text: str) -> Tap:
+        text = str(text).strip()
+        if text in ("stem", "tail"):
+            return Tap(text)  # type: ignore[arg-type]
+        parts = text.split(".")
+        try:
+            if len(parts) == 1:
+                return Tap("stage", int(parts[0]))
+            if len(parts) == 3 and parts[2] == "expand":
+                return Tap("stage", int(parts[0]), int(parts[1]))
+        except ValueError:
+            pass
+        raise ArchError(f"bad tap '{text}': expected 'stem', 'tail', '<stage>' or '<stage>.<layer>.expand'")
+
+    @property
+    def is_expand(self) -> bool:
+        return self.where == "stage" and self.layer >= 0
+
+    def __str__(self) -> str:
+        if self.where != "stage":
+            return self.where
+        return f"{self.stage}.{self.layer}.expand" if self.is_expand else str(self.stage)
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """The fixed macro structure every architecture of a space shares."""
+
+    stages: tuple[StageShape, ...]
+    stem_channels: int = 32
+    stem_stride: int = 2
+    tail_channels: int | None = None
+    act: str = "relu6"
+    bn_eps: float = 1e-5
+    taps: tuple[str, ...] = ()
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        check_activation(self.act)
+        if not self.stages:
+            raise ArchError("a skeleton needs at least one stage")
+        for tap in self.taps:
+            t = Tap.parse(tap)
+            if t.where == "stage" and not 0 <= t.stage < len(self.stages):
+                raise ArchError(f"tap '{tap}' names stage {t.stage}, but there are {len(self.stages)} stages")
+            if t.where == "tail" and self.tail_channels is None:
+                raise ArchError(f"tap 'tail' needs tail_channels, which this skeleton does not have")
+
+    def stage_in_channels(self, stage: int) -> int:
+        return self.stem_channels if stage == 0 else self.stages[stage - 1].out_channels
+
+    def stride_before(self, stage: int) -> int:
+        """Cumulative stride of the input of ``stage``."""
+        s = self.stem_stride
+        for shape in self.stages[:stage]:
+            s *= shape.stride
+        return s
+
+    @property
+    def out_channels(self) -> int:
+        return self.tail_channels if self.tail_channels is not None else self.stages[-1].out_channels
+
+    def layer_io(self, stage: int, layer: int) -> tuple[int, int, int]:
+        """``(c_in, c_out, stride)`` of layer ``layer`` of ``stage`` (only the first layer changes them)."""
+        shape = self.stages[stage]
+        c_in = self.stage_in_channels(stage) if layer == 0 else shape.out_channels
+        return c_in, shape.out_channels, shape.stride if layer == 0 else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "stem": {"channels": self.stem_channels, "stride": self.stem_stride},
+            "tail_channels": self.tail_channels,
+            "act": self.act,
+            "bn_eps": self.bn_eps,
+            "taps": list(self.taps),
+        }
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: a skeleton and the op of every layer (``ops[stage][layer]``).
+
+    Structural rules are checked on construction (stage count, op names, no ``skip`` in a first
+    layer); whether the ops are allowed by a particular space is :meth:`SearchSpace.validate`'s job.
+    """
+
+    skeleton: Skeleton
+    ops: tuple[tuple[str, ...], ...]
+    space: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        ops = tuple(tuple(stage) for stage in self.ops)
+        object.__setattr__(self, "ops", ops)
+        n = len(self.skeleton.stages)
+        if len(ops) != n:
+            raise ArchError(f"the arch has {len(ops)} stages but its skeleton has {n}")
+        for s, stage_ops in enumerate(ops):
+            if not stage_ops:
+                raise ArchError(f"stage {s} has no layers; every stage needs at least one")
+            for l, op in enumerate(stage_ops):
+                try:
+                    parse_op(op)
+                except ArchError as e:
+                    raise ArchError(f"stage {s} layer {l}: {e}") from None
+            if stage_ops[0] == SKIP:
+                raise ArchError(
+                    f"stage {s} layer 0 is 'skip', but the first layer of a stage changes stride/channels "
+                    "and cannot be skipped"
+                )
+        for tap in self.skeleton.taps:
+            t = Tap.parse(tap)
+            if t.is_expand:
+                if t.layer >= len(ops[t.stage]) or ops[t.stage][t.layer] == SKIP:
+                    raise ArchError(f"tap '{tap}' needs an MBConv at stage {t.stage} layer {t.layer}")
+
+    # ----------------------------------------------------------------------------------- views
+    @property
+    def num_layers(self) -> tuple[int, ...]:
+        return tuple(len(s) for s in self.ops)
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """Effective depth per stage: the number of non-skip layers."""
+        return tuple(sum(op != SKIP for op in s) for s in self.ops)
+
+    def layers(self) -> list[tuple[int, int, str]]:
+        return [(s, l, op) for s, stage in enumerate(self.ops) for l, op in enumerate(stage)]
+
+    def tap_channels(self, tap: str) -> int:
+        t = Tap.parse(tap)
+        if t.where == "stem":
+            return self.skeleton.stem_channels
+        if t.where == "tail":
+            assert self.skeleton.tail_channels is not None
+            return self.skeleton.tail_channels
+        if t.is_expand:
+            c_in, _, _ = self.skeleton.layer_io(t.stage, t.layer)
+            width = hidden_channels(self.ops[t.stage][t.layer], c_in)
+            assert width is not None
+            return width
+        return self.skeleton.stages[t.stage].out_channels
+
+    # ----------------------------------------------------------------------------------- edits
+    def sorted_skips(self) -> Arch:
+        """Move every ``skip`` to the end of its stage, keeping the order of the other ops (FNA §5.7)."""
+        ops = tuple(tuple([o for o in s if o != SKIP] + [o for o in s if o == SKIP]) for s in self.ops)
+        return replace(self, ops=ops)
+
+    def with_taps(self, taps: Sequence[str]) -> Arch:
+        return replace(self, skeleton=replace(self.skeleton, taps=tuple(str(t) for t in taps)))
+
+    # ----------------------------------------------------------------------------------- text
+    def block_string(self) -> str:
+        """Compact human form: stages separated by ``|``, layers by spaces."""
+        return " | ".join(" ".join(stage) for stage in self.ops)
+
+    @staticmethod
+    def parse_blocks(text: str) -> tuple[tuple[str, ...], ...]:
+        stages = [s.split() for s in text.split("|")]
+        return tuple(tuple(s) for s in stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"fnatune_arch": ARCH_FORMAT, "space": self.space}
+        d.update(self.skeleton.to_dict())
+        d["stages"] = [
+            {"out_channels": sh.out_channels, "stride": sh.stride, "dilation": sh.dilation, "ops": list(ops)}
+            for sh, ops in zip(self.skeleton.stages, self.ops)
+        ]
+        d["blocks"] = self.block_string()
+        if self.meta:
+            d["meta"] = dict(self.meta)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> Path:
+        from fnatune.io import atomic_write_text
+
+        return atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "arch") -> Arch:
+        """Build from the full or the short JSON form; ``source`` names the file in errors."""
+        if not isinstance(d, Mapping):
+            raise ArchError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        try:
+            return _arch_from_dict(d, source)
+        except ArchError as e:
+            msg = str(e)
+            raise ArchError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Arch:
+        p = Path(path)
+        if not p.is_file():
+            raise MissingPathError(f"arch file '{p}' does not exist")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ArchError(f"{p}: not valid JSON ({e})") from None
+        return cls.from_dict(data, source=str(p))
+
+
+_KNOWN_KEYS = {"fnatune_arch", "space", "in_channels", "stem", "tail_channels", "act", "bn_eps", "taps",
+               "stages", "blocks", "ops", "meta"}
+
+
+def _arch_from_dict(d: Mapping[str, Any], source: str) -> Arch:
+    unknown = sorted(set(d) - _KNOWN_KEYS)
+    if unknown:
+        raise ArchError(f"unknown key(s) {unknown}; expected some of {sorted(_KNOWN_KEYS)}")
+    space_name = d.get("space")
+    full = "stages" in d and all(isinstance(s, Mapping) for s in d["stages"])
+    if full:
+        stages = d["stages"]
+        try:
+            shapes = tuple(StageShape(int(s["out_channels"]), int(s.get("stride", 1)), int(s.get("dilation", 1)))
+                           for s in stages)
+            ops = tuple(tuple(s["ops"]) for s in stages)
+            stem = d.get("stem", {})
+            skeleton = Skeleton(
+                stages=shapes,
+                stem_channels=int(stem.get("channels", 32)),
+                stem_stride=int(stem.get("stride", 2)),
+                tail_channels=None if d.get("tail_channels") is None else int(d["tail_channels"]),
+                act=str(d.get("act", "relu6")),
+                bn_eps=float(d.get("bn_eps", 1e-5)),
+                taps=tuple(str(t) for t in d.get("taps", ())),
+                in_channels=int(d.get("in_channels", 3)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArchError(f"malformed 'stages' entry ({type(e).__name__}: {e}); each stage needs "
+                            "'out_channels', 'stride', 'dilation' and 'ops'") from None
+        arch = Arch(skeleton, ops, space_name, d.get("meta", {}))
+        if space_name is not None:
+            from fnatune.space import get_space, list_spaces
+
+            if space_name in list_spaces():
+                get_space(space_name).validate(arch)
+        return arch
+    # short form: the space supplies the skeleton
+    if space_name is None:
+        raise ArchError("a short-form arch (only 'ops' or 'blocks') must name its 'space'")
+    from fnatune.space import get_space
+
+    space = get_space(space_name)
+    if "ops" in d:
+        ops = d["ops"]
+    elif "blocks" in d:
+        ops = Arch.parse_blocks(str(d["blocks"]))
+    elif "stages" in d:
+        ops = d["stages"]
+    else:
+        raise ArchError("no architecture given: expected 'stages', 'ops' or 'blocks'")
+    return space.arch(ops, meta=d.get("meta", {}))

@@ -1,0 +1,187 @@
+"""Costs: parameter counts, multiply-adds (MAdds), and the per-layer cost table of a super net.
+
+MAdds are counted the way FNA's ``multadds_count.py`` counts them (FNA_SPEC §5.3, §9.3): only Conv2d
+and Linear, ``k*k*C_in/groups*C_out*H_out*W_out`` (+ one per output element for a bias), per image at
+batch 1; BN, activations and additions are free. Counting runs the model on the ``meta`` device, so a
+1024x2048 input costs no compute and no memory, and the counts are exact.
+
+The table holds, for each searchable layer of a super net, the MAdds of every candidate at the task
+resolution (skip = 0). ``E[cost] = sum_layers sum_o softmax(alpha/T)_o * table[layer][o]`` is
+differentiable in alpha and is what the search penalises (in GMAdds).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from fnatune.arch import Arch
+from fnatune.errors import ArchError
+
+GIGA = 1e9
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters (architecture logits of a super net excluded)."""
+    arch = {id(p) for p in getattr(module, "arch_parameters", lambda: [])()}
+    return sum(p.numel() for p in module.parameters() if id(p) not in arch)
+
+
+def _layer_madds(module: nn.Module, out: Tensor) -> int:
+    batch = out.shape[0]
+    if isinstance(module, nn.Conv2d):
+        per_out = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        n = out.numel() // batch
+        return n * per_out + (n if module.bias is not None else 0)
+    if isinstance(module, nn.Linear):
+        n = out.numel() // batch
+        return n * module.in_features + (n if module.bias is not None else 0)
+    return 0
+
+
+class MAddsCounter:
+    """Context manager that sums MAdds per Conv2d/Linear module during forwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.per_module: dict[nn.Module, int] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> MAddsCounter:
+        for m in self.model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                self._handles.append(m.register_forward_hook(self._hook))
+        return self
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Tensor) -> None:
+        self.per_module[module] = self.per_module.get(module, 0) + _layer_madds(module, output)
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_module.values())
+
+
+def meta_forward(model: nn.Module, input_size: Sequence[int], in_channels: int = 3, **kwargs: Any) -> Any:
+    """Run ``model`` on a meta tensor of shape (1, C, H, W) without touching its real weights."""
+    meta = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict(keep_vars=True).items()}
+    x = torch.empty(1, in_channels, int(input_size[0]), int(input_size[1]), device="meta")
+    with torch.no_grad():
+        return functional_call(model, meta, (x,), kwargs, tie_weights=True, strict=False)
+
+
+def count_madds(model: nn.Module, input_size: Sequence[int], in_channels: int = 3, **kwargs: Any) -> int:
+    """MAdds of one forward pass at ``input_size`` (H, W), batch 1."""
+    with MAddsCounter(model) as counter:
+        meta_forward(model, input_size, in_channels, **kwargs)
+    return counter.total
+
+
+@dataclass
+class MAddsTable:
+    """Per searchable layer, per candidate MAdds of a super net at one input size."""
+
+    input_size: tuple[int, int]
+    positions: list[tuple[int, int]]
+    candidates: list[tuple[str, ...]]
+    madds: list[list[int]]
+    fixed_madds: int = 0  # stem, fixed layers and tail: the same for every arch
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def tensors(self) -> list[Tensor]:
+        return [torch.tensor(row, dtype=torch.float64) / GIGA for row in self.madds]
+
+    def expected(self, alphas: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
+        """E[searchable GMAdds] under softmax(alpha / T); differentiable w.r.t. ``alphas``.
+
+        Summed in float64 (costs span 1e5..1e9 MAdds) and returned in the alphas' dtype.
+        """
+        if len(alphas) != len(self.madds):
+            raise ArchError(f"the table has {len(self.madds)} layers but {len(alphas)} alpha vectors were given")
+        total: Tensor | None = None
+        for a, row in zip(alphas, self.tensors()):
+            p = torch.softmax(a.to(torch.float64) / temperature, dim=-1)
+            term = (p * row.to(p.device)).sum()
+            total = term if total is None else total + term
+        assert total is not None
+        return total.to(alphas[0].dtype)
+
+    def of_indices(self, indices: Sequence[int]) -> float:
+        """Searchable GMAdds of the path with these candidate indices."""
+        return sum(row[i] for row, i in zip(self.madds, indices)) / GIGA
+
+    def of_arch(self, arch: Arch) -> float:
+        """Searchable GMAdds of ``arch`` (which must be a point of the table's space)."""
+        idx = []
+        for (s, l), cands in zip(self.positions, self.candidates):
+            op = arch.ops[s][l]
+            if op not in cands:
+                raise ArchError(f"arch op '{op}' at stage {s} layer {l} is not a candidate of this table")
+            idx.append(cands.index(op))
+        return self.of_indices(idx)
+
+    def summary(self) -> dict[str, float]:
+        """Min, max and uniform-alpha expected searchable GMAdds (FNA_SPEC §5.3 sanity values)."""
+        rows = self.madds
+        return {
+            "min": sum(min(r) for r in rows) / GIGA,
+            "max": sum(max(r) for r in rows) / GIGA,
+            "uniform": sum(sum(r) / len(r) for r in rows) / GIGA,
+            "fixed": self.fixed_madds / GIGA,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "madds",
+            "unit": "MAdds",
+            "input_size": list(self.input_size),
+            "layers": [
+                {"stage": s, "layer": l, "candidates": dict(zip(c, m))}
+                for (s, l), c, m in zip(self.positions, self.candidates, self.madds)
+            ],
+            "fixed_madds": self.fixed_madds,
+            "summary_gmadds": self.summary(),
+            **({"meta": self.meta} if self.meta else {}),
+        }
+
+
+def madds_table(supernet: nn.Module, input_size: Sequence[int] | None = None) -> MAddsTable:
+    """Build the MAdds table of a :class:`~fnatune.nets.SuperNet` with one meta forward of all candidates."""
+    from fnatune.nets import MixedLayer, SuperNet
+
+    if not isinstance(supernet, SuperNet):
+        raise TypeError(f"madds_table needs a SuperNet, got {type(supernet).__name__}")
+    size = tuple(input_size or supernet.space.input_size)
+    owner: dict[nn.Module, tuple[int, int]] = {}
+    for li, (s, l) in enumerate(supernet.positions):
+        layer = supernet.stages[s][l]
+        assert isinstance(layer, MixedLayer)
+        for ci, op in enumerate(layer.candidates):
+            for m in op.modules():
+                owner[m] = (li, ci)
+    with MAddsCounter(supernet) as counter:
+        meta_forward(supernet, size, supernet.skeleton.in_channels)
+    table = [[0] * len(supernet.space.candidates(s, l)) for s, l in supernet.positions]
+    fixed = 0
+    for m, n in counter.per_module.items():
+        if m in owner:
+            li, ci = owner[m]
+            table[li][ci] += n
+        else:
+            fixed += n
+    return MAddsTable(
+        input_size=(int(size[0]), int(size[1])),
+        positions=list(supernet.positions),
+        candidates=[supernet.space.candidates(s, l) for s, l in supernet.positions],
+        madds=table,
+        fixed_madds=fixed,
+        meta={"space": supernet.space.name},
+    )

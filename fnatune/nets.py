@@ -1,0 +1,276 @@
+"""Networks built from architectures: :class:`ChildNet` (one op per layer) and :class:`SuperNet`.
+
+Both share one layout, so remapping and weight extraction address the same module paths:
+``stem``, ``stages.<s>.<l>`` (an op, or for the super net a :class:`MixedLayer` whose candidates are
+``stages.<s>.<l>.candidates.<i>``) and ``tail``. ``forward`` returns the tapped feature maps in the
+order of the skeleton's taps; ``feature_info`` says their channels and strides, so any neck or head
+plugs in.
+
+The super net keeps its architecture parameters (one logit vector per searchable layer) apart from its
+weights: :meth:`SuperNet.arch_parameters` and :meth:`SuperNet.weight_parameters`. It runs in two modes
+(FNA_SPEC §5.2): a single-path forward given one candidate index per searchable layer (weight steps),
+and a softmax-mixed forward over all candidates (arch steps).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fnatune.arch import Arch, Skeleton, Tap
+from fnatune.errors import ArchError
+from fnatune.ops import SKIP, BNOptions, ConvBNAct, build_op
+from fnatune.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One tapped feature map: where it comes from, its channels and its stride w.r.t. the input."""
+
+    tap: str
+    channels: int
+    stride: int
+
+
+def _feature_info(skeleton: Skeleton, channels: Callable[[str], int]) -> list[FeatureInfo]:
+    infos = []
+    for tap in skeleton.taps:
+        t = Tap.parse(tap)
+        if t.where == "stem":
+            stride = skeleton.stem_stride
+        elif t.where == "tail":
+            stride = skeleton.stride_before(len(skeleton.stages))
+        elif t.is_expand:  # the 1x1 expansion runs before the layer's (possibly strided) depthwise conv
+            stride = skeleton.stride_before(t.stage if t.layer == 0 else t.stage + 1)
+        else:
+            stride = skeleton.stride_before(t.stage + 1)
+        infos.append(FeatureInfo(tap, channels(tap), stride))
+    return infos
+
+
+class _Backbone(nn.Module):
+    """Shared skeleton walk: stem -> stages -> tail, collecting taps."""
+
+    skeleton: Skeleton
+    stem: ConvBNAct
+    stages: nn.ModuleList
+    tail: ConvBNAct | None
+
+    def _build_frame(self, skeleton: Skeleton, bn: BNOptions) -> None:
+        self.skeleton = skeleton
+        self.stem = ConvBNAct(skeleton.in_channels, skeleton.stem_channels, 3, skeleton.stem_stride,
+                              act=skeleton.act, bn=bn)
+        self.tail = (ConvBNAct(skeleton.stages[-1].out_channels, skeleton.tail_channels, 1, act=skeleton.act, bn=bn)
+                     if skeleton.tail_channels is not None else None)
+        self._taps = [Tap.parse(t) for t in skeleton.taps]
+        self._stage_taps = {t.stage for t in self._taps if t.where == "stage" and not t.is_expand}
+        self._expand_taps = {(t.stage, t.layer) for t in self._taps if t.is_expand}
+
+    def _walk(self, x: Tensor, run_layer: Callable[[int, int, nn.Module, Tensor, bool], tuple[Tensor, Tensor | None]]
+              ) -> list[Tensor]:
+        found: dict[str, Tensor] = {}
+        x = self.stem(x)
+        found["stem"] = x
+        for s, stage in enumerate(self.stages):
+            for l, layer in enumerate(stage):
+                want = (s, l) in self._expand_taps
+                x, expansion = run_layer(s, l, layer, x, want)
+                if want:
+                    assert expansion is not None
+                    found[f"{s}.{l}.expand"] = expansion
+            if s in self._stage_taps:
+                found[str(s)] = x
+        if self.tail is not None:
+            x = self.tail(x)
+            found["tail"] = x
+        if not self._taps:
+            return [x]
+        return [found[str(t)] for t in self._taps]
+
+
+class ChildNet(_Backbone):
+    """``Arch`` -> ``nn.Module``. Skip layers are kept as identities so layer indices match the arch.
+
+    ``layer_bn`` overrides the BN options of individual layers ``(stage, layer)``; it exists so a child
+    can use exactly the BN mode of the super net's candidate ops (see :meth:`SuperNet.extract_child`).
+    """
+
+    def __init__(
+        self,
+        arch: Arch,
+        bn: BNOptions | None = None,
+        layer_bn: Mapping[tuple[int, int], BNOptions] | None = None,
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        sk = arch.skeleton
+        bn = bn or BNOptions(eps=sk.bn_eps)
+        layer_bn = dict(layer_bn or {})
+        self._build_frame(sk, bn)
+        self.stages = nn.ModuleList()
+        for s, ops in enumerate(arch.ops):
+            stage = nn.ModuleList()
+            for l, op in enumerate(ops):
+                c_in, c_out, stride = sk.layer_io(s, l)
+                stage.append(build_op(op, c_in, c_out, stride, sk.stages[s].dilation, sk.act, layer_bn.get((s, l), bn)))
+            self.stages.append(stage)
+        self.feature_info = _feature_info(sk, arch.tap_channels)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        def run(s: int, l: int, layer: nn.Module, h: Tensor, want: bool) -> tuple[Tensor, Tensor | None]:
+            return layer.forward_with_expansion(h) if want else (layer(h), None)
+
+        return self._walk(x, run)
+
+
+class MixedLayer(nn.Module):
+    """All candidate ops of one searchable layer (``candidates.<i>``)."""
+
+    def __init__(self, names: Sequence[str], ops: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.names = tuple(names)
+        self.candidates = nn.ModuleList(ops)
+
+    def forward_single(self, x: Tensor, index: int, want_expansion: bool = False) -> tuple[Tensor, Tensor | None]:
+        op = self.candidates[index]
+        return op.forward_with_expansion(x) if want_expansion else (op(x), None)
+
+    def forward_mixed(self, x: Tensor, weights: Tensor, want_expansion: bool = False
+                      ) -> tuple[Tensor, Tensor | None]:
+        """``sum_o weights[o] * op_o(x)`` (and the same mix of expansion activations if asked)."""
+        out: Tensor | None = None
+        mixed_exp: Tensor | None = None
+        for w, op in zip(weights, self.candidates):
+            if want_expansion:
+                y, e = op.forward_with_expansion(x)
+                mixed_exp = w * e if mixed_exp is None else mixed_exp + w * e
+            else:
+                y = op(x)
+            out = w * y if out is None else out + w * y
+        assert out is not None
+        return out, mixed_exp
+
+
+class SuperNet(_Backbone):
+    """``SearchSpace`` -> mixed layers + architecture parameters.
+
+    Candidate ops use ``candidate_bn`` (FNA: no affine parameters and no running statistics, so they
+    always normalise with the current batch). Fixed layers (one candidate), the stem and the tail use
+    ordinary BN. The logits are initialised as ``alpha_init_std * N(0, 1)`` (FNA: 1e-3).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        candidate_bn: BNOptions | None = None,
+        bn: BNOptions | None = None,
+        alpha_init_std: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.space = space
+        sk = space.skeleton
+        self.bn = bn or BNOptions(eps=sk.bn_eps)
+        self.candidate_bn = candidate_bn or BNOptions(eps=sk.bn_eps, affine=False, track_running_stats=False)
+        self._build_frame(sk, self.bn)
+        self.positions = space.searchable_layers()
+        self._pos_index = {p: i for i, p in enumerate(self.positions)}
+        self.stages = nn.ModuleList()
+        for s, st in enumerate(space.stages):
+            stage = nn.ModuleList()
+            for l in range(st.layers):
+                c_in, c_out, stride = sk.layer_io(s, l)
+                names = space.candidates(s, l)
+                if len(names) == 1:
+                    stage.append(build_op(names[0], c_in, c_out, stride, st.dilation, sk.act, self.bn))
+                else:
+                    ops = [build_op(n, c_in, c_out, stride, st.dilation, sk.act, self.candidate_bn) for n in names]
+                    stage.append(MixedLayer(names, ops))
+            self.stages.append(stage)
+        self.alphas = nn.ParameterList(
+            nn.Parameter(alpha_init_std * torch.randn(len(space.candidates(s, l)))) for s, l in self.positions
+        )
+        first = space.arch([[st.candidates(l)[0] for l in range(st.layers)] for st in space.stages])
+        self.feature_info = _feature_info(sk, first.tap_channels)
+
+    # ----------------------------------------------------------------------------------- parameters
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas)
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch_ids = {id(p) for p in self.alphas}
+        return [p for p in self.parameters() if id(p) not in arch_ids]
+
+    def probabilities(self, temperature: float = 1.0) -> list[Tensor]:
+        """softmax(alpha / T) per searchable layer."""
+        return [torch.softmax(a / temperature, dim=-1) for a in self.alphas]
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(self, x: Tensor, indices: Sequence[int] | None = None, temperature: float = 1.0) -> list[Tensor]:
+        """Single-path forward when ``indices`` (one per searchable layer) is given, else mixed forward."""
+        if indices is not None:
+            if len(indices) != len(self.positions):
+                raise ArchError(f"expected {len(self.positions)} path indices, got {len(indices)}")
+            path = [int(i) for i in indices]
+
+            def run(s: int, l: int, layer: nn.Module, h: Tensor, want: bool) -> tuple[Tensor, Tensor | None]:
+                if isinstance(layer, MixedLayer):
+                    return layer.forward_single(h, path[self._pos_index[(s, l)]], want)
+                return layer.forward_with_expansion(h) if want else (layer(h), None)
+        else:
+            weights = self.probabilities(temperature)
+
+            def run(s: int, l: int, layer: nn.Module, h: Tensor, want: bool) -> tuple[Tensor, Tensor | None]:
+                if isinstance(layer, MixedLayer):
+                    return layer.forward_mixed(h, weights[self._pos_index[(s, l)]], want)
+                return layer.forward_with_expansion(h) if want else (layer(h), None)
+
+        return self._walk(x, run)
+
+    # ----------------------------------------------------------------------------------- paths & archs
+    def sample_path(self, generator: torch.Generator | None = None, uniform: bool = False,
+                    temperature: float = 1.0) -> list[int]:
+        """One candidate index per searchable layer: uniform, or drawn independently from softmax(alpha/T)."""
+        with torch.no_grad():
+            out = []
+            for a in self.alphas:
+                p = torch.full_like(a, 1.0 / a.numel()) if uniform else torch.softmax(a.detach() / temperature, -1)
+                out.append(int(torch.multinomial(p.cpu().float(), 1, generator=generator)))
+        return out
+
+    def arch_of(self, indices: Sequence[int]) -> Arch:
+        return self.space.arch_from_indices(indices)
+
+    def derive(self) -> Arch:
+        """FNA derivation (§5.7): argmax alpha per layer, then move skips to the end of each stage."""
+        indices = [int(torch.argmax(a.detach())) for a in self.alphas]
+        return self.arch_of(indices).sorted_skips()
+
+    def child_state_dict(self, arch: Arch) -> dict[str, Tensor]:
+        """The super net's weights for ``arch``, keyed like ``ChildNet(arch).state_dict()``.
+
+        Candidate ``stages.s.l.candidates.i.X`` becomes ``stages.s.l.X``; everything else keeps its key.
+        This is how a child inherits super-net weights (an FNA ablation; FNA itself remaps from the seed).
+        """
+        self.space.validate(arch)
+        out: dict[str, Tensor] = {}
+        for key, t in self.state_dict().items():
+            parts = key.split(".")
+            if parts[0] == "alphas":
+                continue
+            if parts[0] == "stages" and len(parts) > 4 and parts[3] == "candidates":
+                s, l, i = int(parts[1]), int(parts[2]), int(parts[4])
+                if self.space.candidates(s, l)[i] != arch.ops[s][l]:
+                    continue
+                key = ".".join(parts[:3] + parts[5:])
+            out[key] = t
+        return out
+
+    def extract_child(self, arch: Arch) -> ChildNet:
+        """A :class:`ChildNet` of ``arch`` with this super net's weights and BN modes."""
+        self.space.validate(arch)
+        layer_bn = {p: self.candidate_bn for p in self.positions if arch.ops[p[0]][p[1]] != SKIP}
+        child = ChildNet(arch, bn=self.bn, layer_bn=layer_bn)
+        child.load_state_dict(self.child_state_dict(arch), strict=True)
+        return child

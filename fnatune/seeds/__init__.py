@@ -1,0 +1,118 @@
+"""Seed networks: ImageNet-style classifiers converted into our canonical net.
+
+``load_seed(name, weights=...)`` returns a :class:`Seed`: the seed's own :class:`~fnatune.arch.Arch`
+and a state dict keyed like ``ChildNet(seed.arch)``. The conversion is exact: the converted net
+computes what the original computes. From then on, remapping only maps *our* net of one arch onto
+*our* net of another, whatever family the seed came from.
+
+``weights`` may be ``None`` (the family's random init), a local checkpoint path, or a torchvision
+weights name such as ``IMAGENET1K_V1`` (downloaded, so only where the machine can reach the internet).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from fnatune.arch import Arch
+from fnatune.errors import SeedError
+from fnatune.registry import Registry
+from fnatune.seeds._checkpoint import check_state_dict, fetch_torchvision_weights, looks_like_path, read_checkpoint
+from fnatune.seeds._convert import SeedLayout
+
+
+@dataclass(frozen=True)
+class SeedAdapter:
+    """How to build a seed family's reference model and read its layout."""
+
+    name: str
+    build: Callable[..., nn.Module]  # reference model with random init; kwargs like width_mult
+    layout: Callable[[nn.Module], SeedLayout]
+    torchvision_model: str | None = None  # name for torchvision.models.get_model_weights
+    description: str = ""
+
+
+@dataclass
+class Seed:
+    """A converted seed: its own architecture, canonical weights and (if present) its classifier."""
+
+    name: str
+    arch: Arch
+    state_dict: dict[str, Tensor]
+    classifier: dict[str, Tensor] | None = None
+    source: str = "random init"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """The seed as a :class:`~fnatune.nets.ChildNet` in eval mode (features at the arch's taps)."""
+        from fnatune.nets import ChildNet
+
+        net = ChildNet(self.arch)
+        net.load_state_dict(self.state_dict, strict=True)
+        return net.eval()
+
+
+_SEEDS: Registry[SeedAdapter] = Registry("seed")
+
+
+def register_seed(adapter: SeedAdapter) -> SeedAdapter:
+    """Register a seed family adapter under ``adapter.name``."""
+    _SEEDS.register(adapter.name, doc=adapter.description)(lambda: adapter)
+    return adapter
+
+
+def _load_builtin() -> None:
+    from fnatune.seeds import mnasnet, mobilenet  # noqa: F401
+
+
+def list_seeds() -> list[str]:
+    _load_builtin()
+    return _SEEDS.names()
+
+
+def get_seed_adapter(name: str) -> SeedAdapter:
+    _load_builtin()
+    return _SEEDS.create(name)
+
+
+def load_seed(name: str, weights: str | None = None, **model_kwargs: Any) -> Seed:
+    """Load seed ``name`` with ``weights`` (None, a checkpoint path or a torchvision weights name)."""
+    adapter = get_seed_adapter(name)
+    try:
+        reference = adapter.build(**model_kwargs)
+    except TypeError as e:
+        raise SeedError(f"seed '{name}' does not accept {sorted(model_kwargs)}: {e}") from None
+    layout = adapter.layout(reference)
+    ref_sd = reference.state_dict()
+    optional = frozenset(layout.classifier_keys.values())
+    if weights is None:
+        sd, source = ref_sd, f"random init ({name})"
+    elif looks_like_path(str(weights)):
+        sd, source = read_checkpoint(weights), f"checkpoint '{weights}'"
+    else:
+        if adapter.torchvision_model is None:
+            raise SeedError(f"seed '{name}' has no torchvision weights; pass a checkpoint path")
+        sd, source = fetch_torchvision_weights(adapter.torchvision_model, str(weights))
+    check_state_dict(ref_sd, sd, name, source, optional)
+    state = {ours: sd[theirs] for ours, theirs in layout.key_map.items()}
+    classifier = None
+    if layout.classifier_keys and all(
+        k in sd and sd[k].shape == ref_sd[k].shape for k in layout.classifier_keys.values()
+    ):
+        classifier = {sfx: sd[k] for sfx, k in layout.classifier_keys.items()}
+    return Seed(name, layout.arch, {k: v.detach().clone() for k, v in state.items()}, classifier, source,
+                meta={"model_kwargs": model_kwargs})
+
+
+def seed_from_net(name: str, net: nn.Module, source: str = "trained") -> Seed:
+    """Wrap one of our own ChildNets (e.g. a seed pretrained by fnatune) as a :class:`Seed`."""
+    from fnatune.nets import ChildNet
+
+    if not isinstance(net, ChildNet):
+        raise SeedError(f"seed_from_net needs a ChildNet, got {type(net).__name__}")
+    return Seed(name, net.arch, {k: v.detach().clone() for k, v in net.state_dict().items()}, None, source)
+
+
+__all__ = ["Seed", "SeedAdapter", "get_seed_adapter", "list_seeds", "load_seed", "register_seed", "seed_from_net"]

@@ -1,0 +1,139 @@
+"""Turn an inverted-residual network (any module layout) into our canonical seed layout.
+
+An adapter only has to say *where* the stem, each block's (conv, BN) pairs, the tail and the classifier
+are in its model. This module reads their shapes to build the seed's :class:`~fnatune.arch.Arch`
+(stages are runs of blocks with one output width, a new stage starting at every stride or width
+change) and the key map canonical -> original that copies the tensors across.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from fnatune.arch import Arch, Skeleton, StageShape
+from fnatune.errors import SeedError
+from fnatune.ops import OpSpec
+
+_TENSOR_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass(frozen=True)
+class ConvBN:
+    """Module names of a conv and the BN that follows it in the source model."""
+
+    conv: str
+    bn: str
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """An inverted residual block in the source model: optional expand, depthwise, project."""
+
+    expand: ConvBN | None
+    dw: ConvBN
+    project: ConvBN
+
+
+@dataclass
+class SeedLayout:
+    """The canonical arch of a source model and how to copy its tensors."""
+
+    arch: Arch
+    key_map: dict[str, str]  # canonical state-dict key -> source state-dict key
+    classifier_keys: dict[str, str] = field(default_factory=dict)  # "weight"/"bias" -> source key
+
+
+def conv_bn_pairs(model: nn.Module, prefix: str) -> list[ConvBN]:
+    """(conv, BN) pairs inside submodule ``prefix``, in definition order."""
+    root = model.get_submodule(prefix)
+    convs = [f"{prefix}.{n}" for n, m in root.named_modules() if isinstance(m, nn.Conv2d)]
+    bns = [f"{prefix}.{n}" for n, m in root.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if len(convs) != len(bns):
+        raise SeedError(f"block '{prefix}' has {len(convs)} convs but {len(bns)} BNs; expected one BN per conv")
+    return [ConvBN(c, b) for c, b in zip(convs, bns)]
+
+
+def block_from_pairs(pairs: Sequence[ConvBN], where: str) -> BlockParts:
+    if len(pairs) == 3:
+        return BlockParts(pairs[0], pairs[1], pairs[2])
+    if len(pairs) == 2:
+        return BlockParts(None, pairs[0], pairs[1])
+    raise SeedError(f"block '{where}' has {len(pairs)} conv+BN pairs; an inverted residual has 2 or 3")
+
+
+def build_layout(
+    model: nn.Module,
+    stem: ConvBN,
+    blocks: Sequence[BlockParts],
+    tail: ConvBN | None,
+    act: str,
+    classifier: str | None = None,
+) -> SeedLayout:
+    mods = dict(model.named_modules())
+
+    def conv(name: str) -> nn.Conv2d:
+        m = mods[name]
+        assert isinstance(m, nn.Conv2d)
+        return m
+
+    bn_eps = {float(mods[p.bn].eps) for p in [stem] + [q for b in blocks for q in (b.expand, b.dw, b.project) if q]}
+    if len(bn_eps) != 1:
+        raise SeedError(f"the seed's BN layers use several eps values {sorted(bn_eps)}; one is expected")
+
+    stem_conv = conv(stem.conv)
+    shapes: list[StageShape] = []
+    ops: list[list[str]] = []
+    pairs: dict[str, str] = {"stem.conv": stem.conv, "stem.bn": stem.bn}
+    c_prev = stem_conv.out_channels
+    for b in blocks:
+        dw, proj = conv(b.dw.conv), conv(b.project.conv)
+        c_in = conv(b.expand.conv).in_channels if b.expand else dw.in_channels
+        k, stride, dil = dw.kernel_size[0], dw.stride[0], dw.dilation[0]
+        if (dw.kernel_size[0] != dw.kernel_size[1] or dw.stride[0] != dw.stride[1]
+                or dw.groups != dw.in_channels or dw.padding[0] != dil * (k - 1) // 2):
+            raise SeedError(f"block at '{b.dw.conv}' is not a square 'same'-padded depthwise conv; cannot convert")
+        if dw.in_channels % c_in:
+            raise SeedError(f"block at '{b.dw.conv}': hidden width {dw.in_channels} is not a multiple of {c_in}")
+        if c_in != c_prev:
+            raise SeedError(f"block at '{b.dw.conv}' takes {c_in} channels but the previous layer gives {c_prev}")
+        op = OpSpec(k, dw.in_channels // c_in).name
+        new_stage = not shapes or stride != 1 or proj.out_channels != shapes[-1].out_channels
+        if new_stage:
+            shapes.append(StageShape(proj.out_channels, stride, dil))
+            ops.append([])
+        s, l = len(shapes) - 1, len(ops[-1])
+        ops[-1].append(op)
+        base = f"stages.{s}.{l}"
+        if b.expand:
+            pairs[f"{base}.expand.conv"], pairs[f"{base}.expand.bn"] = b.expand.conv, b.expand.bn
+        pairs[f"{base}.dw.conv"], pairs[f"{base}.dw.bn"] = b.dw.conv, b.dw.bn
+        pairs[f"{base}.project.conv"], pairs[f"{base}.project.bn"] = b.project.conv, b.project.bn
+        c_prev = proj.out_channels
+    tail_channels = None
+    if tail is not None:
+        tail_channels = conv(tail.conv).out_channels
+        pairs["tail.conv"], pairs["tail.bn"] = tail.conv, tail.bn
+
+    skeleton = Skeleton(
+        stages=tuple(shapes),
+        stem_channels=stem_conv.out_channels,
+        stem_stride=stem_conv.stride[0],
+        tail_channels=tail_channels,
+        act=act,
+        bn_eps=bn_eps.pop(),
+        taps=("tail",) if tail_channels is not None else (str(len(shapes) - 1),),
+        in_channels=stem_conv.in_channels,
+    )
+    arch = Arch(skeleton, tuple(tuple(o) for o in ops))
+    source_keys = set(model.state_dict())
+    key_map = {}
+    for ours, theirs in pairs.items():
+        for suffix in _TENSOR_SUFFIXES:
+            if f"{theirs}.{suffix}" in source_keys:
+                key_map[f"{ours}.{suffix}"] = f"{theirs}.{suffix}"
+    classifier_keys = {}
+    if classifier is not None:
+        classifier_keys = {sfx: f"{classifier}.{sfx}" for sfx in ("weight", "bias") if f"{classifier}.{sfx}" in source_keys}
+    return SeedLayout(arch, key_map, classifier_keys)

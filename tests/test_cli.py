@@ -1,0 +1,74 @@
+"""The click CLI: spaces, seeds, remap, cost, and its error messages."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from fnatune.arch import Arch
+from fnatune.cli import main
+from fnatune.cost import count_madds, count_params
+from fnatune.nets import ChildNet
+from search_spaces import ARCHS_DIR
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_spaces_and_seeds() -> None:
+    code, out = run("spaces")
+    assert code == 0 and "mbv2_det" in out and "mbv2_seg" in out
+    code, out = run("spaces", "mbv2_seg")
+    assert code == 0 and "stage 5:   96 -> 160  stride 1 dilation 2 layers 4" in out
+    code, out = run("seeds")
+    assert code == 0 and "mobilenet_v2" in out and "mnasnet1_0" in out
+
+
+def test_remap_writes_weights_report_and_arch(tmp_path: Path, mbv2_checkpoint) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "child"
+    code, text = run("remap", "--seed", "mobilenet_v2", "--weights", str(mbv2_checkpoint[1]),
+                     "--space", "mbv2_det", "--arch", "seed", "--out", str(out))
+    assert code == 0, text
+    arch = Arch.load(out / "arch.json")
+    net = ChildNet(arch)
+    net.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
+    report = json.loads((out / "remap_report.json").read_text())
+    assert report["counts"] == {"copied": len(net.state_dict())}
+    code, text = run("remap", "--seed", "mobilenet_v2", "--space", "mbv2_seg", "--arch", "supernet",
+                     "--out", str(tmp_path / "super"), "--noise", "--kernel", "dilation")
+    assert code == 0, text
+    assert "SuperNet(mbv2_seg)" in text and not (tmp_path / "super" / "arch.json").exists()
+    code, text = run("remap", "--seed", "mobilenet_v2", "--arch", str(ARCHS_DIR / "fna_seg.json"),
+                     "--out", str(tmp_path / "fna"))
+    assert code == 0 and "centre_padded" in text
+
+
+def test_cost_json_matches_library() -> None:
+    path = ARCHS_DIR / "fna_retinanet.json"
+    code, out = run("cost", "--arch", str(path), "--input", "800x1088", "--json")
+    assert code == 0
+    data = json.loads(out)
+    net = ChildNet(Arch.load(path))
+    assert data["params"] == count_params(net) and data["madds"] == count_madds(net, (800, 1088))
+    code, out = run("cost", "--arch", str(path), "--input", "224", "--task", "cls")
+    assert code == 0 and "M params" in out and "B MAdds" in out
+
+
+def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
+    code, out = run("spaces", "mbv2_dt")
+    assert code == 2 and "Error: unknown search space 'mbv2_dt'. Did you mean 'mbv2_det'?" in out
+    assert "Traceback" not in out
+    code, out = run("cost", "--arch", str(tmp_path / "x.json"), "--input", "64x64")
+    assert code == 2 and "arch file" in out and "does not exist" in out
+    code, out = run("cost", "--arch", str(ARCHS_DIR / "fna_seg.json"), "--input", "big")
+    assert code == 2 and "expected HxW" in out
+    code, out = run("remap", "--seed", "mobilenet_v2", "--arch", "uniform", "--out", str(tmp_path / "o"))
+    assert code == 2 and "--arch uniform needs --space" in out
+    code, out = run("remap", "--seed", "resnet50", "--space", "mbv2_det", "--out", str(tmp_path / "o"))
+    assert code == 2 and "unknown seed 'resnet50'" in out
+    code, out = run("cost", "--arch", str(ARCHS_DIR / "fna_seg.json"), "--input", "64", "--task", "pose")
+    assert code == 2 and "unknown task 'pose'" in out
