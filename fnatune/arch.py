@@ -90,7 +90,7 @@ class Skeleton:
             if t.where == "stage" and not 0 <= t.stage < len(self.stages):
                 raise ArchError(f"tap '{tap}' names stage {t.stage}, but there are {len(self.stages)} stages")
             if t.where == "tail" and self.tail_channels is None:
-                raise ArchError(f"tap 'tail' needs tail_channels, which this skeleton does not have")
+                raise ArchError("tap 'tail' needs tail_channels, which this skeleton does not have")
 
     def stage_in_channels(self, stage: int) -> int:
         return self.stem_channels if stage == 0 else self.stages[stage - 1].out_channels
