@@ -1,6 +1,7 @@
 """The ``fnatune`` command line. Commands only parse arguments and print; the work lives in the library."""
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from pathlib import Path
@@ -32,6 +33,20 @@ def _parse_input(value: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 1:
         raise click.BadParameter(f"expected HxW such as 1024x2048 (or one number for a square), got '{value}'")
     return parts[0], parts[1]
+
+
+def _parse_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("a=1", "b=0.5", "c=x")`` -> ``{"a": 1, "b": 0.5, "c": "x"}`` (Python literals, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got '{item}'", param_hint="--seed-option")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,6 +81,8 @@ def seeds() -> None:
 @main.command()
 @click.option("--seed", "seed_name", required=True, help="Seed family, e.g. mobilenet_v2 (see `fnatune seeds`).")
 @click.option("--weights", default=None, help="Local checkpoint path, or a torchvision weights name (needs internet).")
+@click.option("--seed-option", "seed_options", multiple=True, metavar="KEY=VALUE",
+              help="Option of the seed's model builder, e.g. width_mult=0.75 (mobilenet_v2) or alpha=1.2 (mnasnet).")
 @click.option("--space", "space_name", default=None, help="Target search space (see `fnatune spaces`).")
 @click.option("--arch", "arch_spec", default="supernet", show_default=True,
               help="seed (the seed's layout in the space), uniform (a random arch), supernet (every candidate), "
@@ -79,8 +96,8 @@ def seeds() -> None:
 @click.option("--noise/--no-noise", default=False, show_default=True,
               help="FNA++: new conv entries get 1e-5 x Kaiming-uniform noise instead of exact zeros.")
 @click.option("--sample-seed", default=0, show_default=True, help="Random seed for --arch uniform and the noise.")
-def remap(seed_name: str, weights: str | None, space_name: str | None, arch_spec: str, out_dir: Path,
-          width: str, kernel: str, noise: bool, sample_seed: int) -> None:
+def remap(seed_name: str, weights: str | None, seed_options: tuple[str, ...], space_name: str | None, arch_spec: str,
+          out_dir: Path, width: str, kernel: str, noise: bool, sample_seed: int) -> None:
     """Remap a seed's parameters into a super net or an architecture (always from the seed)."""
     from fnatune.arch import Arch
     from fnatune.io import atomic_torch_save
@@ -89,7 +106,7 @@ def remap(seed_name: str, weights: str | None, space_name: str | None, arch_spec
     from fnatune.seeds import load_seed
     from fnatune.space import get_space
 
-    seed = load_seed(seed_name, weights=weights)
+    seed = load_seed(seed_name, weights=weights, **_parse_options(seed_options))
     space = get_space(space_name) if space_name else None
     target: Any
     if arch_spec in ("seed", "uniform", "supernet"):

@@ -31,7 +31,11 @@ def make_checkpoint(builder: str, path: Path, seed: int = 0, **kwargs: object) -
     import torchvision.models as tvm
 
     torch.manual_seed(seed)
-    model = randomize_bn(getattr(tvm, builder)(weights=None, **kwargs), seed).eval()
+    if builder == "mnasnet":  # any width multiplier: torchvision's class, not a named builder
+        model = tvm.MNASNet(**kwargs)
+    else:
+        model = getattr(tvm, builder)(weights=None, **kwargs)
+    model = randomize_bn(model, seed).eval()
     torch.save(model.state_dict(), path)
     return model, path
 

@@ -45,6 +45,9 @@ def test_remap_writes_weights_report_and_arch(tmp_path: Path, mbv2_checkpoint) -
     code, text = run("remap", "--seed", "mobilenet_v2", "--arch", str(ARCHS_DIR / "fna_seg.json"),
                      "--out", str(tmp_path / "fna"))
     assert code == 0 and "centre_padded" in text
+    code, text = run("remap", "--seed", "mnasnet", "--seed-option", "alpha=1.2", "--space", "mbv2_det",
+                     "--arch", "uniform", "--out", str(tmp_path / "nas"))
+    assert code == 0 and "expanded" in text, text
 
 
 def test_cost_json_matches_library() -> None:
@@ -70,5 +73,7 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert code == 2 and "--arch uniform needs --space" in out
     code, out = run("remap", "--seed", "resnet50", "--space", "mbv2_det", "--out", str(tmp_path / "o"))
     assert code == 2 and "unknown seed 'resnet50'" in out
+    code, out = run("remap", "--seed", "mobilenet_v2", "--seed-option", "width_mult", "--out", str(tmp_path / "o"))
+    assert code == 2 and "expected KEY=VALUE" in out
     code, out = run("cost", "--arch", str(ARCHS_DIR / "fna_seg.json"), "--input", "64", "--task", "pose")
     assert code == 2 and "unknown task 'pose'" in out

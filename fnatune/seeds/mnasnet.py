@@ -33,6 +33,15 @@ def _layout(model: nn.Module) -> SeedLayout:
     return build_layout(model, stem, blocks, tail, act="relu", classifier="classifier.1")
 
 
+def _build_any(alpha: float = 1.0, **kwargs: object) -> nn.Module:
+    from torchvision.models import MNASNet
+
+    return MNASNet(alpha, **kwargs)
+
+
+register_seed(SeedAdapter("mnasnet", _build_any, _layout,
+                          description="torchvision MNASNet at any width multiplier (alpha=...), ReLU; local weights only"))
+
 for _name in ("mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3"):
     register_seed(SeedAdapter(_name, partial(_build, _name), _layout, torchvision_model=_name,
                               description=f"torchvision {_name} (MnasNet-B1, a NAS-found net), ReLU"))

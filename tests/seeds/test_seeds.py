@@ -23,6 +23,7 @@ def _tv_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     ("mobilenet_v2", {"width_mult": 0.75}),
     ("mnasnet0_75", {}),
     ("mnasnet1_0", {}),
+    ("mnasnet", {"alpha": 1.2}),
 ])
 def test_seed_reproduces_torchvision_features_and_logits(tmp_path: Path, builder: str, kwargs: dict) -> None:
     model, ckpt = make_checkpoint(builder, tmp_path / "seed.pt", seed=3, **kwargs)
