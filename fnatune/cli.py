@@ -72,10 +72,10 @@ def spaces(name: str | None) -> None:
 @main.command()
 def seeds() -> None:
     """List the seed families that can be loaded."""
-    from fnatune.seeds import _SEEDS, list_seeds
+    from fnatune.seeds import describe_seed, list_seeds
 
     for n in list_seeds():
-        click.echo(f"{n:<14} {_SEEDS.doc(n)}")
+        click.echo(f"{n:<14} {describe_seed(n)}")
 
 
 @main.command()

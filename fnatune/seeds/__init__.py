@@ -72,6 +72,12 @@ def list_seeds() -> list[str]:
     return _SEEDS.names()
 
 
+def describe_seed(name: str) -> str:
+    """One-line description of seed family ``name``."""
+    _load_builtin()
+    return _SEEDS.doc(name)
+
+
 def get_seed_adapter(name: str) -> SeedAdapter:
     _load_builtin()
     return _SEEDS.create(name)
@@ -115,4 +121,4 @@ def seed_from_net(name: str, net: nn.Module, source: str = "trained") -> Seed:
     return Seed(name, net.arch, {k: v.detach().clone() for k, v in net.state_dict().items()}, None, source)
 
 
-__all__ = ["Seed", "SeedAdapter", "get_seed_adapter", "list_seeds", "load_seed", "register_seed", "seed_from_net"]
+__all__ = ["Seed", "SeedAdapter", "describe_seed", "get_seed_adapter", "list_seeds", "load_seed", "register_seed", "seed_from_net"]
