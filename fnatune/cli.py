@@ -141,19 +141,81 @@ def remap(seed_name: str, weights: str | None, seed_options: tuple[str, ...], sp
 @click.option("--input", "input_size", required=True, help="Input size HxW, e.g. 800x1088.")
 @click.option("--num-classes", default=None, type=int, help="Classes of the task head (task default if omitted).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with params and madds.")
-def cost(arch_path: Path, task: str, input_size: str, num_classes: int | None, as_json: bool) -> None:
-    """Parameters and multiply-adds of an architecture (conv + linear, batch 1, as FNA counts)."""
+@click.option("--latency/--no-latency", default=False, show_default=True,
+              help="Also time the whole network on --device (median of --repeats, batch 1).")
+@click.option("--device", default="cpu", show_default=True, help="Device for --latency, e.g. cpu or cuda:0.")
+@click.option("--repeats", default=10, show_default=True, type=int, help="Timed runs for --latency.")
+@click.option("--lut", "lut_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A latency table (fnatune lut build) to predict the searchable part's latency from.")
+def cost(arch_path: Path, task: str, input_size: str, num_classes: int | None, as_json: bool, latency: bool,
+         device: str, repeats: int, lut_path: Path | None) -> None:
+    """Parameters, multiply-adds (conv + linear, batch 1, as FNA counts) and latency of an architecture."""
+    import torch
+
     from fnatune.arch import Arch
     from fnatune.cost import count_madds, count_params
+    from fnatune.latency import LatencyTable, device_name, time_module
     from fnatune.tasks import build_task_model
 
     size = _parse_input(input_size)
     arch = Arch.load(arch_path)
     model = build_task_model(task, arch, **({"num_classes": num_classes} if num_classes else {}))
     params, madds = count_params(model), count_madds(model, size, arch.skeleton.in_channels)
+    out: dict[str, Any] = {"arch": str(arch_path), "task": task, "input": list(size), "params": params, "madds": madds}
+    if latency:
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise click.UsageError(f"--device {device}: CUDA is not available on this machine")
+        out["latency_ms"] = time_module(model, (1, arch.skeleton.in_channels, *size), torch.device(device),
+                                        torch.float32, repeats=repeats)
+        out["device"] = device_name(device)
+    if lut_path is not None:
+        table = LatencyTable.load(lut_path)
+        out["lut_ms"] = {"searchable": table.of_arch(arch), "fixed": table.fixed_ms, "device": table.meta.get("device")}
     if as_json:
-        click.echo(json.dumps({"arch": str(arch_path), "task": task, "input": list(size),
-                               "params": params, "madds": madds}))
-    else:
-        click.echo(f"{arch_path} [{task}] at {size[0]}x{size[1]}: {params / 1e6:.3f}M params, "
-                   f"{madds / 1e9:.3f}B MAdds")
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"{arch_path} [{task}] at {size[0]}x{size[1]}: {params / 1e6:.3f}M params, {madds / 1e9:.3f}B MAdds")
+    if "latency_ms" in out:
+        click.echo(f"  measured latency: {out['latency_ms']:.2f} ms on {out['device']} (median of {repeats})")
+    if "lut_ms" in out:
+        lut = out["lut_ms"]
+        click.echo(f"  latency table ({lut['device']}): searchable {lut['searchable']:.2f} ms + fixed {lut['fixed']:.2f} ms")
+
+
+@main.group()
+def lut() -> None:
+    """Latency look-up tables for latency-aware search."""
+
+
+@lut.command("build")
+@click.option("--space", "space_name", required=True, help="Search space name (see `fnatune spaces`).")
+@click.option("--input", "input_size", default=None, help="Input size HxW (default: the space's task resolution).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
+@click.option("--batch", default=1, show_default=True, type=int)
+@click.option("--repeats", default=10, show_default=True, type=int, help="Timed runs per op (median reported).")
+@click.option("--warmup", default=3, show_default=True, type=int)
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Where tables are cached (default ~/.cache/fnatune/lut or $FNATUNE_CACHE/lut).")
+@click.option("--refresh", is_flag=True, help="Measure again even if a cached table exists.")
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the table here.")
+def lut_build(space_name: str, input_size: str | None, device: str, dtype: str, batch: int, repeats: int,
+              warmup: int, cache_dir: Path | None, refresh: bool, out_path: Path | None) -> None:
+    """Time every candidate op of a space at its real input shape and cache the table."""
+    from fnatune.latency import latency_table
+    from fnatune.nets import SuperNet
+    from fnatune.space import get_space
+
+    space = get_space(space_name)
+    size = _parse_input(input_size) if input_size else space.input_size
+    table = latency_table(SuperNet(space), size, device=device, dtype=dtype, batch=batch, warmup=warmup,
+                          repeats=repeats, cache_dir=cache_dir, refresh=refresh)
+    s = table.summary()
+    click.echo(f"latency table: {space_name} at {size[0]}x{size[1]}, batch {batch}, {dtype} on {table.meta['device']}")
+    click.echo(f"  {len(table.ms)} searchable layers; searchable min {s['min']:.2f} / uniform {s['uniform']:.2f} / "
+               f"max {s['max']:.2f} ms; fixed part {s['fixed']:.2f} ms")
+    click.echo(f"  {'read from cache' if table.meta.get('cached') else 'measured and cached'}: {table.meta['cache']}")
+    if out_path is not None:
+        table.save(out_path)
+        click.echo(f"  wrote {out_path}")

@@ -71,11 +71,16 @@ class MAddsCounter:
 
 
 def meta_forward(model: nn.Module, input_size: Sequence[int], in_channels: int = 3, **kwargs: Any) -> Any:
-    """Run ``model`` on a meta tensor of shape (1, C, H, W) without touching its real weights."""
+    """Run ``model`` (in eval mode) on a meta tensor of shape (1, C, H, W) without touching its real weights."""
     meta = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict(keep_vars=True).items()}
     x = torch.empty(1, in_channels, int(input_size[0]), int(input_size[1]), device="meta")
-    with torch.no_grad():
-        return functional_call(model, meta, (x,), kwargs, tie_weights=True, strict=False)
+    was_training = model.training
+    model.eval()  # batch 1: BN after global pooling cannot normalise in training mode
+    try:
+        with torch.no_grad():
+            return functional_call(model, meta, (x,), kwargs, tie_weights=True, strict=False)
+    finally:
+        model.train(was_training)
 
 
 def count_madds(model: nn.Module, input_size: Sequence[int], in_channels: int = 3, **kwargs: Any) -> int:
@@ -95,6 +100,7 @@ class MAddsTable:
     madds: list[list[int]]
     fixed_madds: int = 0  # stem, fixed layers and tail: the same for every arch
     meta: dict[str, Any] = field(default_factory=dict)
+    unit = "GMAdds"
 
     def tensors(self) -> list[Tensor]:
         return [torch.tensor(row, dtype=torch.float64) / GIGA for row in self.madds]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -207,8 +208,30 @@ class SuperNet(_Backbone):
         return [torch.softmax(a / temperature, dim=-1) for a in self.alphas]
 
     # ----------------------------------------------------------------------------------- forward
-    def forward(self, x: Tensor, indices: Sequence[int] | None = None, temperature: float = 1.0) -> list[Tensor]:
-        """Single-path forward when ``indices`` (one per searchable layer) is given, else mixed forward."""
+    def use_path(self, indices: Sequence[int]) -> None:
+        """Make argument-less ``forward(x)`` run one path (a weight step), e.g. inside an mmseg/mmdet model."""
+        if len(indices) != len(self.positions):
+            raise ArchError(f"expected {len(self.positions)} path indices, got {len(indices)}")
+        self._mode = ("path", [int(i) for i in indices])
+
+    def use_mixed(self, temperature: float = 1.0) -> None:
+        """Make argument-less ``forward(x)`` run the softmax(alpha/T)-mixed super net (an arch step)."""
+        self._mode = ("mixed", float(temperature))
+
+    @property
+    def mode(self) -> tuple[str, Any]:
+        return getattr(self, "_mode", ("mixed", 1.0))
+
+    def forward(self, x: Tensor, indices: Sequence[int] | None = None, temperature: float | None = None) -> list[Tensor]:
+        """Single-path forward when ``indices`` (one per searchable layer) is given, mixed when
+        ``temperature`` is given; with neither, the mode set by :meth:`use_path`/:meth:`use_mixed`
+        (default: mixed, T=1). Heads built by other libraries call ``backbone(x)``, hence the mode."""
+        if indices is None and temperature is None:
+            kind, value = self.mode
+            if kind == "path":
+                indices = value
+            else:
+                temperature = value
         if indices is not None:
             if len(indices) != len(self.positions):
                 raise ArchError(f"expected {len(self.positions)} path indices, got {len(indices)}")
@@ -219,7 +242,7 @@ class SuperNet(_Backbone):
                     return layer.forward_single(h, path[self._pos_index[(s, l)]], want)
                 return layer.forward_with_expansion(h) if want else (layer(h), None)
         else:
-            weights = self.probabilities(temperature)
+            weights = self.probabilities(1.0 if temperature is None else temperature)
 
             def run(s: int, l: int, layer: nn.Module, h: Tensor, want: bool) -> tuple[Tensor, Tensor | None]:
                 if isinstance(layer, MixedLayer):

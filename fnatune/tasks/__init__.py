@@ -32,7 +32,7 @@ def build_task_model(task: str, arch: Arch, **options: Any) -> nn.Module:
 
 
 def _load_builtin() -> None:
-    from fnatune.tasks import cls  # noqa: F401
+    from fnatune.tasks import cls, seg  # noqa: F401
 
 
 @register_task_model("backbone", "the backbone alone (stem, stages, tail), as the arch's taps see it")

@@ -1,0 +1,111 @@
+"""Resumable batch streams: the data position is part of a checkpoint.
+
+A :class:`BatchStream` walks a dataset in passes. Pass ``p`` uses a permutation drawn from
+``(seed, p)``, and sample ``i`` of pass ``p`` is loaded with Python's and NumPy's global RNGs seeded
+from ``(seed, p, i)``. So the batches *and their random augmentations* are a pure function of
+``(seed, pass, offset)``: a resumed run sees exactly the batches the killed one would have seen, with
+or without worker processes.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def _mix(*ints: int) -> int:
+    """A 32-bit seed from several integers (stable across processes, unlike ``hash``)."""
+    h = 0x9E3779B9
+    for v in ints:
+        h = (h ^ (int(v) & 0xFFFFFFFF)) * 0x01000193 & 0xFFFFFFFF
+        h ^= h >> 15
+    return h
+
+
+class _SeededItems(Dataset):
+    """``dataset[(pass, index)]``: seeds ``random`` and ``numpy.random`` from (seed, pass, index) first."""
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        p, i = key
+        s = _mix(self.seed, p, i)
+        random.seed(s)
+        np.random.seed(s)
+        return self.dataset[i]
+
+
+class BatchStream:
+    """An endless, resumable stream of batches over ``dataset``.
+
+    ``len(stream)`` is the number of batches in one pass. ``state_dict()`` is ``{"pass", "offset"}``
+    (plain ints), which is all a checkpoint needs to continue at the next batch.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, collate_fn: Callable[[list[Any]], Any] | None = None,
+                 seed: int = 0, shuffle: bool = True, drop_last: bool = True, num_workers: int = 0) -> None:
+        n = len(dataset)
+        if n == 0:
+            raise ValueError("cannot stream an empty dataset")
+        if drop_last and n < batch_size:
+            raise ValueError(f"the dataset has {n} samples, fewer than one batch of {batch_size}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.collate_fn = collate_fn
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.num_workers = num_workers
+        self.pass_index = 0
+        self.offset = 0
+        self._it: Iterator[Any] | None = None
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batches(self, p: int) -> list[list[tuple[int, int]]]:
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_mix(self.seed, p, 7))
+            order: Sequence[int] = torch.randperm(n, generator=g).tolist()
+        else:
+            order = range(n)
+        out = [[(p, i) for i in order[k:k + self.batch_size]] for k in range(0, n, self.batch_size)]
+        if self.drop_last and out and len(out[-1]) < self.batch_size:
+            out.pop()
+        return out
+
+    def _open(self) -> None:
+        batches = self._batches(self.pass_index)[self.offset:]
+        self._it = iter(DataLoader(_SeededItems(self.dataset, self.seed), batch_sampler=batches,
+                                   collate_fn=self.collate_fn, num_workers=self.num_workers))
+
+    def next(self) -> Any:
+        if self._it is None:
+            self._open()
+        assert self._it is not None
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.pass_index, self.offset = self.pass_index + 1, 0
+            self._open()
+            batch = next(self._it)
+        self.offset += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"pass": self.pass_index, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.pass_index, self.offset = int(state["pass"]), int(state["offset"])
+        self._it = None

@@ -1,0 +1,214 @@
+"""The search loop: step isolation, sampling law, cost term, derivation, schedule and exact resume."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fnatune.cost import MAddsTable, madds_table
+from fnatune.data import BatchStream, split_indices
+from fnatune.nets import SuperNet
+from fnatune.search import LRSpec, NonFiniteLossError, OptimSpec, SearchObserver, Searcher, SearchSettings
+from tests.helpers import TinySeg, ce_loss, tiny_dataset, tiny_space
+
+
+def _searcher(tmp_path, seed: int = 0, **overrides):  # type: ignore[no-untyped-def]
+    observer = overrides.pop("observer", None)
+    torch.manual_seed(seed)
+    net = SuperNet(tiny_space())
+    model = TinySeg(net)
+    data = tiny_dataset(16)
+    a, w = split_indices(len(data), 0.5, seed=520)
+    arch_stream = BatchStream(torch.utils.data.Subset(data, a), 4, seed=1)
+    weight_stream = BatchStream(torch.utils.data.Subset(data, w), 4, seed=2)
+    settings = dict(epochs=3, warmup_epochs=1, arch_steps=1, weight_steps=1, checkpoint_every=0, cost_lambda=0.1,
+                    weight_optim=OptimSpec("sgd", 0.05, 0.9, 1e-4, grad_clip=35.0),
+                    arch_optim=OptimSpec("adam", 0.05, weight_decay=1e-3, betas=(0.5, 0.999), grad_clip=35.0),
+                    weight_lr=LRSpec("step", [2], warmup_iters=2))
+    settings.update(overrides)
+    s = Searcher(model, net, ce_loss(model), arch_stream, weight_stream, madds_table(net), SearchSettings(**settings),
+                 tmp_path, observer=observer)
+    return s
+
+
+def test_weight_steps_change_no_alpha_and_arch_steps_change_no_weight(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = _searcher(tmp_path)
+    s.model.train()
+    alphas = [a.detach().clone() for a in s.alphas]
+    weights = [p.detach().clone() for p in s.weights]
+    s.weight_step(warmup=False)
+    assert all(torch.equal(a, b) for a, b in zip(alphas, s.alphas))
+    changed = sum(not torch.equal(a, b) for a, b in zip(weights, s.weights))
+    assert changed > 0
+    weights = [p.detach().clone() for p in s.weights]
+    s.arch_step()
+    assert all(torch.equal(a, b) for a, b in zip(weights, s.weights))
+    assert all(not torch.equal(a, b) for a, b in zip(alphas, s.alphas))
+
+
+def test_sampled_paths_follow_softmax_alpha() -> None:
+    net = SuperNet(tiny_space())
+    with torch.no_grad():
+        for i, a in enumerate(net.alphas):
+            a.copy_(torch.linspace(-1.0, 1.0, a.numel()) * (i + 1))
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    counts = [torch.zeros(a.numel()) for a in net.alphas]
+    for _ in range(n):
+        for c, i in zip(counts, net.sample_path(g, temperature=0.9)):
+            c[i] += 1
+    for c, p in zip(counts, net.probabilities(0.9)):
+        expected = n * p.detach()
+        chi2 = float(((c - expected) ** 2 / expected).sum())
+        # chi-square with k-1 <= 2 degrees of freedom: 13.8 is its 0.999 quantile
+        assert chi2 < 13.8, (c, expected)
+    uniform = [torch.zeros(a.numel()) for a in net.alphas]
+    for _ in range(n):
+        for c, i in zip(uniform, net.sample_path(g, uniform=True)):
+            c[i] += 1
+    for c in uniform:
+        e = n / c.numel()
+        assert float(((c - e) ** 2 / e).sum()) < 13.8
+
+
+def test_expected_cost_and_its_gradient_match_a_hand_computation() -> None:
+    table = MAddsTable((8, 8), [(1, 0), (1, 1)], [("a", "b"), ("a", "b", "skip")],
+                       [[1_000_000_000, 3_000_000_000], [2_000_000_000, 4_000_000_000, 0]])
+    a1 = torch.tensor([0.2, -0.1], dtype=torch.float64, requires_grad=True)
+    a2 = torch.tensor([0.0, 0.5, -0.3], dtype=torch.float64, requires_grad=True)
+    T, lam = 0.9, 0.15
+    e = table.expected([a1, a2], T)
+    p1 = [math.exp(v / T) for v in (0.2, -0.1)]
+    p1 = [v / sum(p1) for v in p1]
+    p2 = [math.exp(v / T) for v in (0.0, 0.5, -0.3)]
+    p2 = [v / sum(p2) for v in p2]
+    hand = p1[0] * 1 + p1[1] * 3 + p2[0] * 2 + p2[1] * 4
+    assert float(e.detach()) == pytest.approx(hand, rel=1e-12)
+    (lam * torch.log(e) / math.log(10)).backward()
+    # d/d a_o of sum_o p_o c_o = p_o (c_o - E_layer) / T; chain through lambda * log10(E)
+    scale = lam / (hand * math.log(10))
+    g1 = [scale * p1[o] * (c - (p1[0] * 1 + p1[1] * 3)) / T for o, c in enumerate((1, 3))]
+    g2 = [scale * p2[o] * (c - (p2[0] * 2 + p2[1] * 4)) / T for o, c in enumerate((2, 4, 0))]
+    assert a1.grad.tolist() == pytest.approx(g1, rel=1e-10)
+    assert a2.grad.tolist() == pytest.approx(g2, rel=1e-10)
+
+
+def test_derive_takes_argmax_and_moves_skips_to_the_stage_end() -> None:
+    space = tiny_space()
+    net = SuperNet(space)
+    # stage 1 layers 1,2 may skip; pick skip in the middle layer, an op in the last
+    wanted = {(1, 0): "k5_e3", (1, 1): "skip", (1, 2): "k3_e6", (2, 1): "skip"}
+    with torch.no_grad():
+        for a, pos in zip(net.alphas, net.positions):
+            names = space.candidates(*pos)
+            a.zero_()
+            a[names.index(wanted.get(pos, names[0]))] = 1.0
+    arch = net.derive()
+    assert arch.ops[1] == ("k5_e3", "k3_e6", "skip")
+    assert arch.ops[2] == ("k3_e3", "skip")
+
+
+def test_schedule_warmup_then_alternation(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    kinds: list[tuple[int, str]] = []
+
+    class Rec(SearchObserver):
+        def on_step(self, info):  # type: ignore[no-untyped-def]
+            kinds.append((info["epoch"], info["kind"]))
+
+    s = _searcher(tmp_path, arch_steps=1, weight_steps=2, epochs=2, warmup_epochs=1, observer=Rec())
+    s.run()
+    per_epoch = s.steps_per_epoch
+    assert per_epoch == 2  # 8 arch-split images / batch 4
+    assert [k for e, k in kinds if e == 0] == ["weight"] * per_epoch
+    assert [k for e, k in kinds if e == 1] == ["arch", "weight", "weight"]
+    assert len(s.history) == 2 and (tmp_path / "arch.json").exists()
+
+
+def test_lr_follows_the_step_schedule_with_warmup(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lrs: list[float] = []
+
+    class Rec(SearchObserver):
+        def on_step(self, info):  # type: ignore[no-untyped-def]
+            if info["kind"] == "weight":
+                lrs.append(info["lr"])
+
+    _searcher(tmp_path, epochs=3, warmup_epochs=3, observer=Rec()).run()
+    base = 0.05
+    assert lrs[0] == pytest.approx(base / 3)
+    assert lrs[2:4] == pytest.approx([base, base])
+    assert lrs[4:] == pytest.approx([base * 0.1] * 2)  # milestone at epoch 2 = weight iter 4
+
+
+def test_interrupted_search_resumes_to_the_identical_alpha(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    full = _searcher(tmp_path / "full", seed=0)
+    full.run()
+
+    class Crash(SearchObserver):
+        def on_step(self, info):  # type: ignore[no-untyped-def]
+            if self.calls == 7:
+                raise KeyboardInterrupt
+            self.calls += 1
+        calls = 0
+
+    crashed = _searcher(tmp_path / "cut", seed=0, checkpoint_every=3, observer=Crash())
+    with pytest.raises(KeyboardInterrupt):
+        crashed.run()
+    assert crashed.progress["step"] == 8  # died after step 8; the checkpoint holds step 6
+    # a fresh process: other init, other global RNG state; everything must come from the checkpoint
+    resumed = _searcher(tmp_path / "cut", seed=123, checkpoint_every=3)
+    torch.manual_seed(999)
+    result = resumed.run()
+    assert result is not None
+    for a, b in zip(full.alphas, resumed.alphas):
+        assert torch.equal(a, b)
+    for a, b in zip(full.weights, resumed.weights):
+        assert torch.equal(a, b)
+    assert [h["arch"] for h in full.history] == [h["arch"] for h in result.history]
+
+
+def test_max_steps_pauses_and_a_second_call_finishes_identically(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    full = _searcher(tmp_path / "full")
+    full.run()
+    s = _searcher(tmp_path / "steps")
+    assert s.run(max_steps=5) is None
+    again = _searcher(tmp_path / "steps", seed=5)
+    again.run()
+    assert all(torch.equal(a, b) for a, b in zip(full.alphas, again.alphas))
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = _searcher(tmp_path, checkpoint_every=2)
+    good = s.loss_fn
+    calls = {"n": 0}
+
+    def flaky(batch):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        loss = good(batch)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    s.loss_fn = flaky
+    with pytest.raises(NonFiniteLossError, match=r"step 4 .*last good checkpoint: .*checkpoint.pt"):
+        s.run()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["progress"]["step"] == 4
+
+
+def test_split_is_seeded_and_disjoint() -> None:
+    a, b = split_indices(11, 0.5, seed=520)
+    assert sorted(a + b) == list(range(11)) and not set(a) & set(b)
+    assert (a, b) == split_indices(11, 0.5, seed=520)
+    assert split_indices(11, 0.5, seed=1) != (a, b)
+
+
+def test_batch_stream_resumes_mid_pass_with_identical_batches() -> None:
+    data = tiny_dataset(10)
+    s1 = BatchStream(data, 3, seed=4)
+    seq = [s1.next()[0] for _ in range(7)]
+    s2 = BatchStream(data, 3, seed=4)
+    for _ in range(4):
+        s2.next()
+    state = s2.state_dict()
+    s3 = BatchStream(data, 3, seed=4)
+    s3.load_state_dict(state)
+    assert all(torch.equal(a, s3.next()[0]) for a in seq[4:])
