@@ -219,3 +219,90 @@ def lut_build(space_name: str, input_size: str | None, device: str, dtype: str, 
     if out_path is not None:
         table.save(out_path)
         click.echo(f"  wrote {out_path}")
+
+
+def _default_run_dir(name: str) -> Path:
+    import time
+
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _finish(run_dir: Path, result: dict[str, Any], uri: str | None) -> None:
+    import json as _json
+
+    state = _json.loads((run_dir / "run.json").read_text())
+    click.echo("")
+    click.echo(f"results: {run_dir}")
+    if (run_dir / "arch.json").exists():
+        click.echo(f"  derived architecture: {run_dir / 'arch.json'}")
+    if (run_dir / "ablation_summary.md").exists():
+        click.echo(f"  ablation summary:     {run_dir / 'ablation_summary.md'}")
+    ev = result.get("evaluate", {}).get("metrics", {})
+    if ev:
+        click.echo("  metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
+    click.echo(f"  MLflow: run {state.get('parent_run')} in {state.get('tracking_uri')}")
+    click.echo(f"  browse: fnatune ui --tracking-uri {state.get('tracking_uri')}")
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set search.epochs=4 (repeatable; values are YAML).")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the run writes everything (default: runs/<name>-<time> under the working directory).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db).")
+def run(pipeline: Path, overrides: tuple[str, ...], run_dir: Path | None, tracking_uri: str | None) -> None:
+    """Run an adaptation pipeline: seed -> remap -> search -> derive -> remap -> fine-tune -> evaluate -> export."""
+    from fnatune.config import load_config
+    from fnatune.pipeline import execute
+
+    cfg = load_config(pipeline, list(overrides))
+    run_dir = run_dir or _default_run_dir(cfg.name)
+    if (run_dir / "run.json").exists():
+        raise FnatuneError(f"{run_dir} already holds a run; continue it with `fnatune resume {run_dir}` "
+                           f"or choose another --run-dir")
+    click.echo(f"fnatune run {pipeline} -> {run_dir}")
+    try:
+        result = execute(cfg, run_dir, tracking_uri, source=str(pipeline))
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; continue with: fnatune resume {run_dir}", err=True)
+        sys.exit(130)
+    except FnatuneError as e:
+        raise FnatuneError(f"{e}\n(the run directory is kept; after fixing the cause: fnatune resume {run_dir})") from None
+    _finish(run_dir, result, tracking_uri)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tracking-uri", default=None, help="Override the tracking URI recorded in the run.")
+def resume(run_dir: Path, tracking_uri: str | None) -> None:
+    """Continue a killed or failed run: completed stages are skipped, the current one resumes its checkpoint."""
+    from fnatune.pipeline import execute, load_run
+
+    cfg = load_run(run_dir)
+    click.echo(f"fnatune resume {run_dir}")
+    try:
+        result = execute(cfg, run_dir, tracking_uri, source=str(run_dir / "config.yaml"))
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; continue with: fnatune resume {run_dir}", err=True)
+        sys.exit(130)
+    _finish(run_dir, result, tracking_uri)
+
+
+@main.command()
+@click.option("--tracking-uri", default=None, help="Store to browse (default: sqlite:///./mlflow.db).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (keep it local).")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--print-command", is_flag=True, help="Print the mlflow command instead of running it.")
+def ui(tracking_uri: str | None, host: str, port: int, print_command: bool) -> None:
+    """Start the MLflow UI for the run store, on 127.0.0.1."""
+    import subprocess
+
+    from fnatune.tracking import default_tracking_uri, ui_command
+
+    cmd = ui_command(tracking_uri or default_tracking_uri(), host, port)
+    if print_command:
+        click.echo(" ".join(cmd))
+        return
+    click.echo(f"MLflow UI on http://{host}:{port}  (Ctrl-C to stop)")
+    raise SystemExit(subprocess.call(cmd))

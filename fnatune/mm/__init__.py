@@ -1,0 +1,37 @@
+"""OpenMMLab integrations (mmseg, mmdet), imported lazily: the search core never needs them.
+
+``require("mmseg")`` imports a package or raises a :class:`~fnatune.errors.FnatuneError` that says
+how to install the ``mm`` extra (a full mmcv compiled from source; mmcv-lite lacks ``mmcv._ext``).
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from fnatune.errors import FnatuneError
+
+INSTALL_HINT = (
+    "The seg/det pipelines need OpenMMLab with a full mmcv 2.1 (compiled; mmcv-lite lacks mmcv._ext).\n"
+    "Install it into this environment with:\n"
+    "  make install-mm\n"
+    "or by hand (torch first, then):\n"
+    "  pip install setuptools==80.9.0 ninja\n"
+    "  MAX_JOBS=2 pip install --no-build-isolation mmcv==2.1.0   # compiles, 10-15 min on 2 cores\n"
+    "  pip install -e '.[mm]'"
+)
+
+
+def require(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except Exception as e:  # ImportError, or mmcv's own errors when _ext is missing
+        raise FnatuneError(f"cannot import {name} ({type(e).__name__}: {e}).\n{INSTALL_HINT}") from e
+
+
+def available(name: str = "mmseg") -> bool:
+    try:
+        require(name)
+        require("mmcv._ext")
+        return True
+    except FnatuneError:
+        return False

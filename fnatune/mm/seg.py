@@ -1,0 +1,192 @@
+"""mmsegmentation integration: our backbones and FNA's DeepLabv3 head as mmseg modules, the model,
+the Cityscapes datasets and the mIoU metric.
+
+Registered in mmseg's ``MODELS`` on import:
+
+* ``FNABackbone``: a :class:`~fnatune.nets.ChildNet` from ``arch`` (a JSON path or a dict). Usable in
+  any plain mmseg config: ``backbone=dict(type='FNABackbone', arch='arch.json', weights='weights.pt')``.
+* ``FNASuperBackbone``: a :class:`~fnatune.nets.SuperNet` of a registered space, for the search.
+* ``FNAASPPHead``: FNA's separable ASPP (:class:`~fnatune.tasks.seg.ASPPSep`) as a decode head.
+
+The training loops are ours (exact resume, search alternation); everything else is mmseg's: the
+``EncoderDecoder``, ``SegDataPreProcessor``, ``CityscapesDataset`` with its transforms, the
+cross-entropy loss and ``IoUMetric``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import warnings
+
+from fnatune.mm import require
+
+# mmseg 1.2 warns on every model build about its own internals (build_loss, align_corners hints)
+warnings.filterwarnings("ignore", message=".*build_loss.*", category=UserWarning)
+warnings.filterwarnings("ignore", message="When align_corners=True", category=UserWarning)
+require("mmcv._ext")
+mmseg_models = require("mmseg.models")
+from mmengine.model import BaseModule  # noqa: E402
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
+
+from fnatune.arch import Arch  # noqa: E402
+from fnatune.nets import ChildNet, SuperNet  # noqa: E402
+from fnatune.space import get_space  # noqa: E402
+from fnatune.tasks.seg import ASPPSep  # noqa: E402
+
+
+def _load_weights(module: nn.Module, weights: str | None) -> None:
+    if weights:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+
+
+@MODELS.register_module(force=True)
+class FNABackbone(BaseModule):
+    """A fixed architecture (``arch``: JSON path or dict) as an mmseg/mmdet backbone; returns its taps."""
+
+    def __init__(self, arch: str | dict[str, Any], weights: str | None = None, taps: Sequence[str] | None = None,
+                 init_cfg: Any = None) -> None:
+        super().__init__(init_cfg)
+        a = Arch.load(arch) if isinstance(arch, (str, Path)) else Arch.from_dict(arch)
+        if taps is not None:
+            a = a.with_taps(list(taps))
+        self.net = ChildNet(a)
+        _load_weights(self.net, weights)
+        self.feature_info = self.net.feature_info
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.net(x))
+
+
+@MODELS.register_module(force=True)
+class FNASuperBackbone(BaseModule):
+    """The super net of a registered space (``space``), for the search; modes set by the searcher."""
+
+    def __init__(self, space: str, weights: str | None = None, alpha_init_std: float = 1e-3, init_cfg: Any = None) -> None:
+        super().__init__(init_cfg)
+        self.net = SuperNet(get_space(space), alpha_init_std=alpha_init_std)
+        _load_weights(self.net, weights)
+        self.feature_info = self.net.feature_info
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.net(x))
+
+
+@MODELS.register_module(force=True)
+class FNAASPPHead(BaseDecodeHead):
+    """FNA's DeepLabv3 head: separable ASPP (256) + image pooling + 1x1 bottleneck, then mmseg's
+    dropout (Dropout2d 0.1) and 1x1 classifier. Same function and parameter count as
+    :class:`~fnatune.tasks.seg.SegNet`'s head."""
+
+    def __init__(self, dilations: Sequence[int] = (6, 12, 18), **kwargs: Any) -> None:
+        kwargs.setdefault("dropout_ratio", 0.1)
+        kwargs.setdefault("align_corners", True)
+        super().__init__(**kwargs)
+        self.aspp = ASPPSep(self.in_channels, self.channels, dilations, dropout=0.0)
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+        return self.cls_seg(self.aspp(self._transform_inputs(inputs)))
+
+
+def model_config(backbone: dict[str, Any], in_channels: int, num_classes: int, mean: Sequence[float],
+                 std: Sequence[float], crop: Sequence[int], ignore_index: int = 255, test_mode: str = "whole",
+                 test_crop: Sequence[int] | None = None, test_stride: Sequence[int] | None = None) -> dict[str, Any]:
+    """An mmseg ``EncoderDecoder`` config: our backbone, FNAASPPHead, CE with ``ignore_index``."""
+    test_cfg: dict[str, Any] = {"mode": test_mode}
+    if test_mode == "slide":
+        test_cfg.update(crop_size=tuple(test_crop or crop), stride=tuple(test_stride or crop))
+    return dict(
+        type="EncoderDecoder",
+        data_preprocessor=dict(type="SegDataPreProcessor", mean=list(mean), std=list(std), bgr_to_rgb=True,
+                               pad_val=0, seg_pad_val=ignore_index, size=tuple(crop)),
+        backbone=backbone,
+        decode_head=dict(type="FNAASPPHead", in_channels=in_channels, channels=256, num_classes=num_classes,
+                         ignore_index=ignore_index, align_corners=True,
+                         norm_cfg=dict(type="BN", requires_grad=True),
+                         loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0,
+                                          avg_non_ignore=True)),
+        train_cfg=dict(),
+        test_cfg=test_cfg,
+    )
+
+
+def _scope() -> Any:
+    """mmseg's registry scope, entered only while building (mmdet may share the process)."""
+    from mmengine.registry import DefaultScope
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    return DefaultScope.overwrite_default_scope("mmseg")
+
+
+def build_model(cfg: dict[str, Any]) -> nn.Module:
+    from mmengine.config import ConfigDict
+
+    with _scope():
+        return MODELS.build(ConfigDict(cfg))
+
+
+def train_pipeline(crop: Sequence[int], scales: Sequence[float], flip: float, base: Sequence[int]) -> list[dict[str, Any]]:
+    """FNA_SPEC §6.3 augmentation: random scale from a set, random crop (padded later), random flip."""
+    h, w = base
+    return [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations"),
+        dict(type="RandomChoiceResize", scales=[(int(w * s), int(h * s)) for s in scales], resize_type="Resize",
+             keep_ratio=True),
+        dict(type="RandomCrop", crop_size=tuple(crop), cat_max_ratio=1.0),
+        dict(type="RandomFlip", prob=flip),
+        dict(type="PackSegInputs"),
+    ]
+
+
+def plain_pipeline() -> list[dict[str, Any]]:
+    """Val pipeline (no augmentation) with labels: FNA's 'plain' half and the evaluation set."""
+    return [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
+
+
+def cityscapes(root: str | Path, split: str, pipeline: list[dict[str, Any]]) -> Any:
+    from mmseg.datasets import CityscapesDataset
+
+    with _scope():
+        return CityscapesDataset(data_root=str(root), data_prefix=dict(img_path=f"leftImg8bit/{split}",
+                                                                       seg_map_path=f"gtFine/{split}"),
+                                 pipeline=pipeline, serialize_data=False)
+
+
+def collate(batch: list[Any]) -> Any:
+    from mmengine.dataset import pseudo_collate
+
+    return pseudo_collate(batch)
+
+
+def loss_fn(model: nn.Module):  # type: ignore[no-untyped-def]
+    """``batch -> scalar loss`` through mmseg's preprocessor and losses."""
+    def run(batch: Any) -> Tensor:
+        data = model.data_preprocessor(batch, training=True)  # type: ignore[operator]
+        losses = model(**data, mode="loss")
+        loss, _ = model.parse_losses(losses)  # type: ignore[operator]
+        return loss
+    return run
+
+
+def evaluate(model: nn.Module, dataset: Any, max_images: int | None = None) -> dict[str, float]:
+    """mmseg's IoUMetric over ``dataset`` (batch 1, eval mode): mIoU, mAcc, aAcc in percent."""
+    from mmseg.evaluation import IoUMetric
+
+    metric = IoUMetric(iou_metrics=["mIoU"], prefix="val")
+    metric.dataset_meta = dataset.metainfo
+    model.eval()
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    with torch.no_grad():
+        for i in range(n):
+            batch = collate([dataset[i]])
+            outputs = model.test_step(batch)  # type: ignore[operator]
+            metric.process(batch, [o.to_dict() for o in outputs])
+    return {k: float(v) for k, v in metric.compute_metrics(metric.results).items()}

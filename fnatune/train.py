@@ -1,0 +1,155 @@
+"""The plain training loop used by fine-tuning (parameter adaptation) and seed pretraining.
+
+Iteration-based like the paper's recipes (100K iterations for Cityscapes). ``loss_fn(batch)`` returns
+the scalar loss; the loop owns the optimiser, the LR schedule (a pure function of the iteration),
+gradient clipping, optional mixed precision on CUDA, periodic evaluation, atomic checkpoints and an
+exact resume (model, optimiser, iteration, RNG states and the stream's position).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fnatune.errors import FnatuneError
+from fnatune.io import atomic_torch_save
+from fnatune.schedule import LRSchedule, set_lr
+from fnatune.search import NonFiniteLossError, OptimSpec, _rng_state, _set_rng_state, build_optimizer
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainSettings:
+    iters: int = 1000
+    optim: OptimSpec = field(default_factory=lambda: OptimSpec("sgd", 0.01, 0.9, 5e-4))
+    policy: str = "poly"
+    power: float = 0.9
+    milestones: list[int] = field(default_factory=list)  # iterations, step policy
+    gamma: float = 0.1
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.01
+    log_every: int = 50          # an "epoch" of metrics (mean loss, lr) every this many iterations
+    eval_every: int = 0          # 0: evaluate only at the end
+    checkpoint_every: int = 200
+    amp: str = "none"            # none | bf16 | fp16 (CUDA only)
+    seed: int = 1
+
+
+class TrainObserver:
+    def on_step(self, info: dict[str, Any]) -> None: ...
+
+    def on_log(self, it: int, metrics: dict[str, float]) -> None: ...
+
+
+class Trainer:
+    """Runs (or resumes) ``settings.iters`` iterations of ``loss_fn`` over ``stream`` in ``workdir``."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Any], Tensor], stream: Any, settings: TrainSettings,
+                 workdir: str | Path, observer: TrainObserver | None = None,
+                 evaluate: Callable[[], dict[str, float]] | None = None) -> None:
+        self.model, self.loss_fn, self.stream, self.s = model, loss_fn, stream, settings
+        self.workdir = Path(workdir)
+        self.observer = observer or TrainObserver()
+        self.evaluate = evaluate
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = build_optimizer(params, settings.optim)
+        self.schedule = LRSchedule(settings.optim.lr, settings.iters, settings.policy, settings.warmup_iters,
+                                   settings.warmup_ratio, settings.milestones, settings.gamma, settings.power)
+        self.it = 0
+        self.acc: dict[str, float] = {"loss": 0.0, "n": 0.0}
+        self.log: list[dict[str, Any]] = []
+        self.gen = torch.Generator()
+        self.scaler = torch.amp.GradScaler("cuda") if settings.amp == "fp16" else None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.workdir / CHECKPOINT
+
+    def save_checkpoint(self) -> Path:
+        return atomic_torch_save({
+            "format": "fnatune-train", "version": 1, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "it": self.it, "acc": dict(self.acc), "log": self.log, "rng": _rng_state(self.gen),
+            "stream": self.stream.state_dict(),
+        }, self.checkpoint_path)
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        if state.get("format") != "fnatune-train":
+            raise FnatuneError(f"{self.checkpoint_path} is not a fnatune training checkpoint")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.it, self.acc, self.log = int(state["it"]), dict(state["acc"]), list(state["log"])
+        self.stream.load_state_dict(state["stream"])
+        _set_rng_state(state["rng"], self.gen)
+        return True
+
+    def _autocast(self) -> Any:
+        dev = next(self.model.parameters()).device
+        if self.s.amp == "none" or dev.type != "cuda":
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast("cuda", dtype=torch.bfloat16 if self.s.amp == "bf16" else torch.float16)
+
+    def step(self) -> float:
+        lr = self.schedule.lr_at(self.it)
+        set_lr(self.opt, lr)
+        with self._autocast():
+            loss = self.loss_fn(self.stream.next())
+        if not torch.isfinite(loss.detach()).all():
+            last = self.checkpoint_path if self.checkpoint_path.exists() else "none yet"
+            raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at iteration {self.it}; "
+                                     f"training stopped; last good checkpoint: {last}")
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        if self.s.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"] if p.grad is not None],
+                                           self.s.optim.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.it += 1
+        return float(loss.detach())
+
+    def run(self, max_steps: int | None = None) -> list[dict[str, Any]]:
+        """Train to ``settings.iters`` (resuming first). Returns the log (one entry per ``log_every``)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.load_checkpoint():
+            torch.manual_seed(self.s.seed)
+            self.gen.manual_seed(self.s.seed)
+        self.model.train()
+        t0, taken = time.perf_counter(), 0
+        while self.it < self.s.iters:
+            if max_steps is not None and taken >= max_steps:
+                self.save_checkpoint()
+                return self.log
+            loss = self.step()
+            taken += 1
+            self.acc["loss"] += loss
+            self.acc["n"] += 1
+            self.observer.on_step({"it": self.it, "iters": self.s.iters, "loss": loss,
+                                   "lr": self.opt.param_groups[0]["lr"], "elapsed": time.perf_counter() - t0})
+            last = self.it == self.s.iters
+            if self.s.log_every and (self.it % self.s.log_every == 0 or last) and self.acc["n"]:
+                metrics = {"loss": self.acc["loss"] / self.acc["n"], "lr": self.opt.param_groups[0]["lr"]}
+                if self.evaluate is not None and self.s.eval_every and self.it % self.s.eval_every == 0:
+                    metrics.update(self.evaluate())
+                    self.model.train()
+                self.log.append({"it": self.it, **metrics})
+                self.observer.on_log(self.it, metrics)
+                self.acc = {"loss": 0.0, "n": 0.0}
+            if (self.s.checkpoint_every and self.it % self.s.checkpoint_every == 0) or last:
+                self.save_checkpoint()
+        return self.log
