@@ -9,16 +9,25 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install demo test bench clean
 
+# mmcv 2.1 (needed by mmseg 1.2 / mmdet 3.3, with its compiled ops) has no wheel for torch 2.13: it is
+# compiled once (10-15 min on 2 cores; pip caches the wheel), after torch, without build isolation, and
+# its setup.py still imports pkg_resources (hence setuptools 80.9).
+MMCV    := mmcv==2.1.0
+PINS    := mlflow==3.17.2
+
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q setuptools==80.9.0 ninja
+	MAX_JOBS=2 $(BIN)/python -m pip install -q --no-build-isolation $(MMCV)
+	$(BIN)/python -m pip install -q -e '.[dev,mm]' $(PINS)
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install
+	$(BIN)/fnatune run pipelines/tiny/seg.yaml --run-dir runs/demo/tiny-seg
 	$(BIN)/fnatune spaces mbv2_det
 	$(BIN)/fnatune remap --seed mobilenet_v2 --space mbv2_det --arch supernet --out runs/demo/supernet
 	$(BIN)/fnatune remap --seed mobilenet_v2 --arch search_spaces/archs/fna_retinanet.json --out runs/demo/fna_retinanet
@@ -30,6 +39,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/remap_speed.py
+	$(BIN)/python benchmarks/search_step.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs data mlflow.db mlartifacts

@@ -12,7 +12,6 @@ from typing import Any
 from fnatune.io import atomic_write_json, atomic_write_text
 from fnatune.pipeline import RunContext, run_stages, variant_config
 
-
 SUMMARY_KEYS = ("mIoU", "mAcc", "aAcc")
 
 

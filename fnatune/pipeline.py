@@ -129,10 +129,8 @@ def run_stages(ctx: RunContext, stages: list[Stage]) -> dict[str, Any]:
             if not isinstance(e, (FnatuneError, KeyboardInterrupt)):
                 atomic_write_text(sdir / "error.txt", traceback.format_exc())
             raise
-        hours = (time.perf_counter() - t0) / 3600
-        prev_hours = json.loads((sdir / "hours.json").read_text())["hours"] if (sdir / "hours.json").exists() else 0.0
-        record = {"outputs": result.get("outputs", {}), "metrics": result.get("metrics", {}),
-                  "hours": hours + prev_hours}
+        hours = (time.perf_counter() - t0) / 3600  # this process's share; a resumed stage counts its last leg
+        record = {"outputs": result.get("outputs", {}), "metrics": result.get("metrics", {}), "hours": hours}
         handle.log_metrics({**{k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))},
                             "wall_clock_hours": record["hours"]})
         atomic_write_json(done, record)

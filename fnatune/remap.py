@@ -303,7 +303,7 @@ def remap_into(seed: Seed, target: nn.Module, options: RemapOptions | None = Non
                          "remapping works stage by stage, so both need the same stage count")
     w = _Writer(target, options)
     w.name_sources(seed_net)
-    full = lambda n: torch.arange(n)  # noqa: E731
+    full = lambda n: torch.arange(n)
     w.conv_bn(seed_net.stem, target.stem, full(min(seed_net.stem.conv.out_channels, target.stem.conv.out_channels)),
               full(min(seed_net.stem.conv.in_channels, target.stem.conv.in_channels)))
     for src, dst in _layer_pairs(seed_net, target):
@@ -359,6 +359,15 @@ def remap(
 
 
 __all__ = [
-    "ACTIONS", "RemapOptions", "RemapReport", "TensorRecord", "hidden_index", "kernel_positions", "remap", "remap_layer",
-    "remap_conv_weight", "remap_into", "remap_vector",
+    "ACTIONS",
+    "RemapOptions",
+    "RemapReport",
+    "TensorRecord",
+    "hidden_index",
+    "kernel_positions",
+    "remap",
+    "remap_conv_weight",
+    "remap_into",
+    "remap_layer",
+    "remap_vector",
 ]

@@ -121,7 +121,7 @@ class MlflowTracker(Tracker):
         try:
             self.client.get_run(run_id)
             return True
-        except Exception:  # noqa: BLE001 - MLflow raises its own exception types per store
+        except Exception:
             return False
 
 

@@ -19,7 +19,13 @@ from torch import Tensor, nn
 from fnatune.errors import FnatuneError
 from fnatune.io import atomic_torch_save
 from fnatune.schedule import LRSchedule, set_lr
-from fnatune.search import NonFiniteLossError, OptimSpec, _rng_state, _set_rng_state, build_optimizer
+from fnatune.search import (
+    NonFiniteLossError,
+    OptimSpec,
+    _rng_state,
+    _set_rng_state,
+    build_optimizer,
+)
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -1,6 +1,7 @@
 """Pictures people would rather look at than read: alpha per layer, and the derived architecture."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def alpha_heatmap(probabilities: Sequence[Sequence[float]], candidates: Sequence
     ax.set_xlabel("candidate op")
     ax.set_ylabel("stage.layer")
     for r, row in enumerate(grid):
-        best = max((v, i) for i, v in enumerate(row) if v == v)[1]
+        best = max((v, i) for i, v in enumerate(row) if not math.isnan(v))[1]
         ax.text(best, r, "*", ha="center", va="center", color="white")
     fig.colorbar(im, ax=ax, fraction=0.04)
     ax.set_title(title)

@@ -32,7 +32,7 @@ def test_space_conformance(space_name: str, mbv2_seed) -> None:  # type: ignore[
     arch = net.derive()
     space.validate(arch)
     assert Arch.from_dict(arch.to_dict()) == arch
-    child, child_report = remap(mbv2_seed, arch)
+    child, _child_report = remap(mbv2_seed, arch)
     assert isinstance(child, ChildNet)
     out = child.train()(x)
     sum(o.mean() for o in out).backward()

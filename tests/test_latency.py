@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import fnatune.latency as latency
+from fnatune import latency
 from fnatune.latency import LatencyTable, latency_table
 from fnatune.nets import SuperNet
 from tests.helpers import tiny_space

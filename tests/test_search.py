@@ -9,7 +9,14 @@ import torch
 from fnatune.cost import MAddsTable, madds_table
 from fnatune.data import BatchStream, split_indices
 from fnatune.nets import SuperNet
-from fnatune.search import LRSpec, NonFiniteLossError, OptimSpec, SearchObserver, Searcher, SearchSettings
+from fnatune.search import (
+    LRSpec,
+    NonFiniteLossError,
+    OptimSpec,
+    Searcher,
+    SearchObserver,
+    SearchSettings,
+)
 from tests.helpers import TinySeg, ce_loss, tiny_dataset, tiny_space
 
 

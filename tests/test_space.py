@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 
 from fnatune.errors import ArchError, UnknownNameError
-from fnatune.space import SearchSpace, StageSpec, get_space, list_spaces, with_output_stride
+from fnatune.space import (
+    SearchSpace,
+    StageSpec,
+    get_space,
+    list_spaces,
+    with_output_stride,
+)
 
 
 def test_registered_spaces_and_sizes() -> None:

@@ -13,7 +13,7 @@ from fnatune.errors import FnatuneError
 INSTALL_HINT = (
     "The seg/det pipelines need OpenMMLab with a full mmcv 2.1 (compiled; mmcv-lite lacks mmcv._ext).\n"
     "Install it into this environment with:\n"
-    "  make install-mm\n"
+    "  make install\n"
     "or by hand (torch first, then):\n"
     "  pip install setuptools==80.9.0 ninja\n"
     "  MAX_JOBS=2 pip install --no-build-isolation mmcv==2.1.0   # compiles, 10-15 min on 2 cores\n"

@@ -14,14 +14,13 @@ cross-entropy loss and ``IoUMetric``.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-import warnings
 
 from fnatune.mm import require
 
@@ -30,14 +29,14 @@ warnings.filterwarnings("ignore", message=".*build_loss.*", category=UserWarning
 warnings.filterwarnings("ignore", message="When align_corners=True", category=UserWarning)
 require("mmcv._ext")
 mmseg_models = require("mmseg.models")
-from mmengine.model import BaseModule  # noqa: E402
-from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
-from mmseg.registry import MODELS  # noqa: E402
+from mmengine.model import BaseModule
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.registry import MODELS
 
-from fnatune.arch import Arch  # noqa: E402
-from fnatune.nets import ChildNet, SuperNet  # noqa: E402
-from fnatune.space import get_space  # noqa: E402
-from fnatune.tasks.seg import ASPPSep  # noqa: E402
+from fnatune.arch import Arch
+from fnatune.nets import ChildNet, SuperNet
+from fnatune.space import get_space
+from fnatune.tasks.seg import ASPPSep
 
 
 def _load_weights(module: nn.Module, weights: str | None) -> None:

@@ -19,7 +19,12 @@ from torch import Tensor, nn
 from fnatune.arch import Arch
 from fnatune.errors import SeedError
 from fnatune.registry import Registry
-from fnatune.seeds._checkpoint import check_state_dict, fetch_torchvision_weights, looks_like_path, read_checkpoint
+from fnatune.seeds._checkpoint import (
+    check_state_dict,
+    fetch_torchvision_weights,
+    looks_like_path,
+    read_checkpoint,
+)
 from fnatune.seeds._convert import SeedLayout
 
 

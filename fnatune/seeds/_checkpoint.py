@@ -31,7 +31,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         raise MissingPathError(f"seed checkpoint '{p}' does not exist")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
+    except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SeedError(
             f"cannot read seed checkpoint '{p}': {first}. fnatune loads checkpoints with weights_only=True, so "

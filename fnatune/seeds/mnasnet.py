@@ -11,7 +11,14 @@ from functools import partial
 from torch import nn
 
 from fnatune.seeds import SeedAdapter, register_seed
-from fnatune.seeds._convert import BlockParts, ConvBN, SeedLayout, block_from_pairs, build_layout, conv_bn_pairs
+from fnatune.seeds._convert import (
+    BlockParts,
+    ConvBN,
+    SeedLayout,
+    block_from_pairs,
+    build_layout,
+    conv_bn_pairs,
+)
 
 
 def _build(builder: str, **kwargs: object) -> nn.Module:

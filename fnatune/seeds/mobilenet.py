@@ -4,7 +4,12 @@ from __future__ import annotations
 from torch import nn
 
 from fnatune.seeds import SeedAdapter, register_seed
-from fnatune.seeds._convert import SeedLayout, block_from_pairs, build_layout, conv_bn_pairs
+from fnatune.seeds._convert import (
+    SeedLayout,
+    block_from_pairs,
+    build_layout,
+    conv_bn_pairs,
+)
 
 
 def _build(**kwargs: object) -> nn.Module:

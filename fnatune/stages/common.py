@@ -81,7 +81,7 @@ def pretrained_seed(ctx: RunContext, st: StageHandle) -> tuple[Seed, dict[str, f
     from fnatune.search import OptimSpec
     from fnatune.seeds import seed_from_net
     from fnatune.tasks.cls import ClassifierNet
-    from fnatune.train import TrainObserver, Trainer, TrainSettings
+    from fnatune.train import Trainer, TrainObserver, TrainSettings
 
     pc = ctx.cfg.pretrain
     cache_root = Path(pc.cache_dir or Path(os.environ.get("FNATUNE_CACHE", Path.home() / ".cache" / "fnatune")))

@@ -81,7 +81,13 @@ def _cost_table(ctx: RunContext, supernet: Any) -> Any:
 
 def stage_search(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     from fnatune.nets import SuperNet
-    from fnatune.search import LRSpec, OptimSpec, SearchObserver, Searcher, SearchSettings
+    from fnatune.search import (
+        LRSpec,
+        OptimSpec,
+        Searcher,
+        SearchObserver,
+        SearchSettings,
+    )
     from fnatune.viz import alpha_heatmap
 
     s, mm = ctx.cfg.search, _mm()
@@ -178,11 +184,11 @@ def _target_model(ctx: RunContext, weights: Path | None) -> Any:
 def stage_finetune(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     from fnatune.data import BatchStream
     from fnatune.search import OptimSpec
-    from fnatune.train import TrainObserver, Trainer, TrainSettings
+    from fnatune.train import Trainer, TrainObserver, TrainSettings
 
     f, d, mm = ctx.cfg.finetune, ctx.cfg.data, _mm()
     dev = device(ctx)
-    model, arch = _target_model(ctx, ctx.path("target", "weights"))
+    model, _arch = _target_model(ctx, ctx.path("target", "weights"))
     model.to(dev)
     ds = mm.cityscapes(d.root, "train", mm.train_pipeline(f.augment.crop, f.augment.scales, f.augment.flip,
                                                           _base_size(ctx)))

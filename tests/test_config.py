@@ -1,0 +1,96 @@
+"""Pipeline YAML: schema errors name file and key path, _base_ inheritance, --set overrides."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fnatune.config import ConfigError, load_config, load_raw
+from fnatune.pipeline import variant_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_shipped_pipelines_validate() -> None:
+    for p in sorted((ROOT / "pipelines").rglob("*.yaml")):
+        if p.name.startswith("_") or "mm_configs" in p.parts:
+            continue
+        cfg = load_config(p)
+        assert cfg.name
+
+
+def test_tiny_seg_inherits_the_paper_recipe() -> None:
+    cfg = load_config(ROOT / "pipelines/tiny/seg.yaml")
+    paper = load_config(ROOT / "pipelines/seg.yaml")
+    assert cfg.space == paper.space == "mbv2_seg"
+    assert cfg.search.arch_optim.betas == paper.search.arch_optim.betas == (0.5, 0.999)
+    assert cfg.search.cost.input == (1024, 2048)          # inherited
+    assert cfg.finetune.iters < paper.finetune.iters == 100_000
+    assert paper.finetune.batch_size == 16 and paper.finetune.augment.crop == (769, 769)
+    assert paper.finetune.policy == "poly"
+
+
+def test_unknown_key_is_an_error_naming_file_and_path(tmp_path: Path) -> None:
+    p = _write(tmp_path / "p.yaml", "name: x\nsearch:\n  epochs: 3\n  warmup_epoch: 1\n")
+    with pytest.raises(ConfigError, match=r"p.yaml.*\n  search.warmup_epoch: unknown key"):
+        load_config(p)
+
+
+def test_wrong_type_names_the_key_and_the_value(tmp_path: Path) -> None:
+    p = _write(tmp_path / "p.yaml", "name: x\nfinetune: {iters: many}\n")
+    with pytest.raises(ConfigError, match=r"finetune.iters: .*integer.*got 'many'"):
+        load_config(p)
+
+
+def test_base_chain_merges_and_delete_replaces(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path / "base.yaml", "name: base\nsearch: {epochs: 9, warmup_epochs: 4}\ndata: {root: /a, num_classes: 5}\n")
+    _write(tmp_path / "sub" / "mid.yaml", "_base_: ../base.yaml\nsearch: {epochs: 6}\n")
+    child = _write(tmp_path / "sub" / "child.yaml",
+                   "_base_: mid.yaml\nname: child\ndata: {_delete_: true, root: /b}\n")
+    cfg = load_config(child)
+    assert cfg.name == "child" and cfg.search.epochs == 6 and cfg.search.warmup_epochs == 4
+    assert cfg.data.root == "/b" and cfg.data.num_classes == 19  # replaced, so back to the default
+
+
+def test_base_cycle_is_reported(tmp_path: Path) -> None:
+    _write(tmp_path / "a.yaml", "_base_: b.yaml\nname: a\n")
+    _write(tmp_path / "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_raw(tmp_path / "a.yaml")
+
+
+def test_set_overrides_parse_yaml_values_and_reject_unknown_keys(tmp_path: Path) -> None:
+    p = _write(tmp_path / "p.yaml", "name: x\n")
+    cfg = load_config(p, ["search.epochs=5", "search.warmup_epochs=2", "search.cost.lambda=0.3",
+                          "finetune.augment.crop=[64, 64]", "seed_net.weights=null"])
+    assert cfg.search.epochs == 5 and cfg.search.cost.lam == 0.3
+    assert cfg.finetune.augment.crop == (64, 64) and cfg.seed_net.weights is None
+    with pytest.raises(ConfigError, match=r"after --set.*\n  search.epochz: unknown key"):
+        load_config(p, ["search.epochz=5"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(p, ["search.epochs"])
+    with pytest.raises(ConfigError, match="warmup_epochs .* exceeds epochs"):
+        load_config(p, ["search.epochs=2", "search.warmup_epochs=3"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = _write(tmp_path / "bad.yaml", "name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_variants_apply_their_overrides() -> None:
+    cfg = load_config(ROOT / "pipelines/tiny/ablation.yaml")
+    names = [v.name for v in cfg.variants]
+    assert {"remap", "random_search_init", "random_finetune_init", "dilation_kernel", "bn_gamma_width",
+            "seed_arch"} <= set(names)
+    rnd = variant_config(cfg, next(v for v in cfg.variants if v.name == "random_finetune_init").set, "r")
+    assert rnd.finetune.init == "random" and rnd.variants == []

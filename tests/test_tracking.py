@@ -1,0 +1,42 @@
+"""MLflow through our adapter: SQLite store, nested runs, params, metrics, artifacts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fnatune.tracking import (
+    MlflowTracker,
+    NullTracker,
+    default_tracking_uri,
+    ui_command,
+)
+
+
+def test_nested_runs_with_params_metrics_and_artifacts(tmp_path: Path) -> None:
+    uri = default_tracking_uri(tmp_path)
+    assert uri.startswith("sqlite:///") and uri.endswith("mlflow.db")
+    t = MlflowTracker(uri, "exp")
+    parent = t.start_run("pipeline")
+    child = t.start_run("search", parent_id=parent)
+    t.log_params(child, {"a": 1, "long": "x" * 10_000})
+    t.log_metrics(child, {"loss": 0.5, "nan": float("nan")}, step=3)
+    art = tmp_path / "arch.json"
+    art.write_text("{}")
+    t.log_artifact(child, art)
+    t.end_run(child)
+    t.end_run(parent)
+    run = t.client.get_run(child)
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.params["a"] == "1" and len(run.data.params["long"]) == 6000
+    assert run.data.metrics == {"loss": 0.5}
+    assert [a.path for a in t.client.list_artifacts(child)] == ["arch.json"]
+    assert (tmp_path / "mlartifacts").is_dir()  # beside the store, not in whatever cwd
+    assert t.run_exists(parent) and not t.run_exists("0" * 32)
+
+
+def test_null_tracker_and_ui_binds_localhost(tmp_path: Path) -> None:
+    n = NullTracker()
+    rid = n.start_run("x")
+    n.log_metrics(rid, {"a": 1.0})
+    cmd = ui_command(default_tracking_uri(tmp_path))
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert "--backend-store-uri" in cmd
