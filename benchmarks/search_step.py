@@ -12,7 +12,7 @@ A "step" is forward + backward + optimiser step on a batch, loss = mean of the l
 not the subject here). All timings are interleaved in one run and reported as medians, and the
 ratios are the figures to quote (this machine is noisy).
 
-    python benchmarks/search_step.py [--space mbv2_seg] [--size 96x96] [--batch 2] [--repeats 5] [--threads 2]
+    python benchmarks/search_step.py [--space mbv2_seg] [--size 192x192] [--batch 2] [--repeats 5] [--threads 2]
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def timed(fn: Callable[[], None]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--space", default="mbv2_seg")
-    ap.add_argument("--size", default="96x96")
+    ap.add_argument("--size", default="192x192")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
@@ -63,7 +63,12 @@ def main() -> None:
     n_slots = max(len(c) for c in table.candidates)
     slot_paths = [[min(k, len(c) - 1) for c in table.candidates] for k in range(n_slots)]
 
-    def set_grad(w_on: bool) -> None:
+    side = {"w": None}
+
+    def set_grad(w_on: bool) -> None:  # as the Searcher does: flags change only on a switch
+        if side["w"] == w_on:
+            return
+        side["w"] = w_on
         for p in weights:
             p.requires_grad_(w_on)
         for p in alphas:

@@ -233,6 +233,10 @@ class Searcher:
 
     # ------------------------------------------------------------------------------ steps
     def _require(self, weights: bool) -> None:
+        """Freeze one side. Only on a switch: toggling ~10^3 flags every step is measurable on small inputs."""
+        if getattr(self, "_grad_side", None) == weights:
+            return
+        self._grad_side = weights
         for p in self.weights:
             p.requires_grad_(weights)
         for a in self.alphas:

@@ -90,8 +90,10 @@ def pretrained_seed(ctx: RunContext, st: StageHandle) -> tuple[Seed, dict[str, f
         seed = read_seed(cached)
         ctx.progress(f"  seed: pretrained seed read from cache {cached}", force=True)
         return seed, {"pretrain_cached": 1.0}
-    root = generate_classification(pc.data_root, pc.num_classes, pc.per_class_train, pc.per_class_val, pc.size,
-                                   seed=ctx.cfg.seed)
+    # one folder per generated set, so pipelines asking for other sizes never collide
+    sub = f"c{pc.num_classes}_t{pc.per_class_train}_v{pc.per_class_val}_s{pc.size}_seed{ctx.cfg.seed}"
+    root = generate_classification(Path(pc.data_root) / sub, pc.num_classes, pc.per_class_train, pc.per_class_val,
+                                   pc.size, seed=ctx.cfg.seed)
     tf = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     train_set, val_set = ImageFolder(str(root / "train"), tf), ImageFolder(str(root / "val"), tf)
     base = load_seed(ctx.cfg.seed_net.name, weights=None, **ctx.cfg.seed_net.options)
