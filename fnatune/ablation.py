@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from fnatune.io import atomic_write_json, atomic_write_text
-from fnatune.pipeline import RunContext, run_stages, variant_config
+from fnatune.pipeline import RunContext, prepare_run_dir, run_stages, variant_config
 
 SUMMARY_KEYS = ("mIoU", "mAcc", "aAcc")
 
@@ -32,8 +32,6 @@ def run_variants(ctx: RunContext, tracking_uri: str) -> dict[str, Any]:
             state["parent_run"] = run_id
             atomic_write_json(state_path, state)
         ctx.progress(f"variant {i + 1}/{len(ctx.cfg.variants)}: {v.name} {v.set}", force=True)
-        from fnatune.pipeline import prepare_run_dir
-
         prepare_run_dir(cfg, vdir, f"variant {v.name}")
         vctx = RunContext(cfg, vdir, ctx.tracker, run_id, ctx.progress)
         summary = run_stages(vctx, stages_for(cfg))

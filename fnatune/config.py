@@ -47,6 +47,35 @@ class OptimCfg(_Model):
     grad_clip: float | None = Field(35.0, gt=0)
 
 
+# Each optimiser/augmentation slot has its own class so that its defaults hold key by key: a YAML
+# that writes only `optim: {name: adam}` keeps the slot's other defaults (not a generic class's).
+class PretrainOptimCfg(OptimCfg):
+    lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(4e-5, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class SearchWeightOptimCfg(OptimCfg):
+    """FNA RetinaNet search weights: SGD 0.02, momentum 0.9, wd 1e-4, clip 35 (FNA_SPEC §5.6)."""
+
+
+class SearchArchOptimCfg(OptimCfg):
+    """FNA's alpha optimiser: Adam 3e-4, betas (0.5, 0.999), wd 1e-3, clip 35."""
+
+    name: Literal["sgd", "rmsprop", "adam", "adamw"] = "adam"
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(1e-3, ge=0)
+
+
+class FinetuneOptimCfg(OptimCfg):
+    """FNA_SPEC §6.3: SGD 0.01, momentum 0.9, wd 5e-4, no clipping."""
+
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+
 class TrackingCfg(_Model):
     uri: str | None = None           # default: sqlite:///<cwd>/mlflow.db
     experiment: str = "fnatune"
@@ -69,7 +98,7 @@ class PretrainCfg(_Model):
     size: int = Field(64, ge=16)
     iters: int = Field(300, ge=1)
     batch_size: int = Field(16, ge=2)
-    optim: OptimCfg = Field(default_factory=lambda: OptimCfg(name="sgd", lr=0.05, weight_decay=4e-5, grad_clip=None))
+    optim: PretrainOptimCfg = Field(default_factory=PretrainOptimCfg)
     cache_dir: str | None = None      # default: $FNATUNE_CACHE or ~/.cache/fnatune
 
 
@@ -131,6 +160,10 @@ class AugmentCfg(_Model):
     flip: float = Field(0.5, ge=0, le=1)
 
 
+class SearchAugmentCfg(AugmentCfg):
+    crop: Size = (513, 513)
+
+
 class SearchCfg(_Model):
     enabled: bool = True
     init: Literal["remap", "random"] = "remap"
@@ -142,12 +175,11 @@ class SearchCfg(_Model):
     temperature: float = Field(1.0, gt=0)
     sample_temperature: float = Field(1.0, gt=0)
     batch_size: int = Field(2, ge=1)
-    augment: AugmentCfg = Field(default_factory=lambda: AugmentCfg(crop=(513, 513)))
+    augment: SearchAugmentCfg = Field(default_factory=SearchAugmentCfg)
     cost: CostCfg = Field(default_factory=CostCfg)
     split: SplitCfg = Field(default_factory=SplitCfg)
-    weight_optim: OptimCfg = Field(default_factory=lambda: OptimCfg(name="sgd", lr=0.02, weight_decay=1e-4))
-    arch_optim: OptimCfg = Field(default_factory=lambda: OptimCfg(name="adam", lr=3e-4, betas=(0.5, 0.999),
-                                                                  weight_decay=1e-3))
+    weight_optim: SearchWeightOptimCfg = Field(default_factory=SearchWeightOptimCfg)
+    arch_optim: SearchArchOptimCfg = Field(default_factory=SearchArchOptimCfg)
     weight_lr: LRCfg = Field(default_factory=LRCfg)
     checkpoint_every: int = Field(100, ge=0)
 
@@ -163,7 +195,7 @@ class FinetuneCfg(_Model):
     iters: int = Field(100_000, ge=1)
     batch_size: int = Field(16, ge=1)
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
-    optim: OptimCfg = Field(default_factory=lambda: OptimCfg(name="sgd", lr=0.01, weight_decay=5e-4, grad_clip=None))
+    optim: FinetuneOptimCfg = Field(default_factory=FinetuneOptimCfg)
     policy: Literal["constant", "step", "poly", "cosine"] = "poly"
     power: float = 0.9
     milestones: list[int] = Field(default_factory=list)

@@ -90,9 +90,56 @@ def count_madds(model: nn.Module, input_size: Sequence[int], in_channels: int = 
     return counter.total
 
 
+class CostTable:
+    """What the search needs from a per-layer, per-candidate cost table (MAdds or latency).
+
+    Subclasses hold ``positions`` and ``candidates`` and give their rows in table units through
+    :meth:`rows`; the expectation and the lookup of an arch live here once.
+    """
+
+    positions: list[tuple[int, int]]
+    candidates: list[tuple[str, ...]]
+    unit: str = ""
+
+    def rows(self) -> list[Tensor]:
+        raise NotImplementedError  # abstract: each table kind stores its numbers its own way
+
+    def of_indices(self, indices: Sequence[int]) -> float:
+        raise NotImplementedError  # abstract: summed exactly in the table's own number type
+
+    def expected(self, alphas: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
+        """E[searchable cost] under softmax(alpha / T); differentiable w.r.t. ``alphas``.
+
+        Summed in float64 (MAdds span 1e5..1e9) and returned in the alphas' dtype.
+        """
+        rows = self.rows()
+        if len(alphas) != len(rows):
+            raise ArchError(f"the table has {len(rows)} layers but {len(alphas)} alpha vectors were given")
+        total: Tensor | None = None
+        for a, row in zip(alphas, rows):
+            p = torch.softmax(a.to(torch.float64) / temperature, dim=-1)
+            term = (p * row.to(p.device)).sum()
+            total = term if total is None else total + term
+        assert total is not None
+        return total.to(alphas[0].dtype)
+
+    def indices_of(self, arch: Arch) -> list[int]:
+        idx = []
+        for (s, l), cands in zip(self.positions, self.candidates):
+            op = arch.ops[s][l]
+            if op not in cands:
+                raise ArchError(f"arch op '{op}' at stage {s} layer {l} is not a candidate of this table")
+            idx.append(cands.index(op))
+        return idx
+
+    def of_arch(self, arch: Arch) -> float:
+        """Searchable cost of ``arch`` (which must be a point of the table's space)."""
+        return self.of_indices(self.indices_of(arch))
+
+
 @dataclass
-class MAddsTable:
-    """Per searchable layer, per candidate MAdds of a super net at one input size."""
+class MAddsTable(CostTable):
+    """Per searchable layer, per candidate MAdds of a super net at one input size (unit: GMAdds)."""
 
     input_size: tuple[int, int]
     positions: list[tuple[int, int]]
@@ -102,37 +149,12 @@ class MAddsTable:
     meta: dict[str, Any] = field(default_factory=dict)
     unit = "GMAdds"
 
-    def tensors(self) -> list[Tensor]:
+    def rows(self) -> list[Tensor]:
         return [torch.tensor(row, dtype=torch.float64) / GIGA for row in self.madds]
 
-    def expected(self, alphas: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
-        """E[searchable GMAdds] under softmax(alpha / T); differentiable w.r.t. ``alphas``.
-
-        Summed in float64 (costs span 1e5..1e9 MAdds) and returned in the alphas' dtype.
-        """
-        if len(alphas) != len(self.madds):
-            raise ArchError(f"the table has {len(self.madds)} layers but {len(alphas)} alpha vectors were given")
-        total: Tensor | None = None
-        for a, row in zip(alphas, self.tensors()):
-            p = torch.softmax(a.to(torch.float64) / temperature, dim=-1)
-            term = (p * row.to(p.device)).sum()
-            total = term if total is None else total + term
-        assert total is not None
-        return total.to(alphas[0].dtype)
-
     def of_indices(self, indices: Sequence[int]) -> float:
-        """Searchable GMAdds of the path with these candidate indices."""
+        """Searchable GMAdds of the path with these candidate indices (summed as exact integers)."""
         return sum(row[i] for row, i in zip(self.madds, indices)) / GIGA
-
-    def of_arch(self, arch: Arch) -> float:
-        """Searchable GMAdds of ``arch`` (which must be a point of the table's space)."""
-        idx = []
-        for (s, l), cands in zip(self.positions, self.candidates):
-            op = arch.ops[s][l]
-            if op not in cands:
-                raise ArchError(f"arch op '{op}' at stage {s} layer {l} is not a candidate of this table")
-            idx.append(cands.index(op))
-        return self.of_indices(idx)
 
     def summary(self) -> dict[str, float]:
         """Min, max and uniform-alpha expected searchable GMAdds (FNA_SPEC §5.3 sanity values)."""

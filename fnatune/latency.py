@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fnatune.arch import Arch
-from fnatune.errors import ArchError, FnatuneError
+from fnatune.cost import CostTable
+from fnatune.errors import FnatuneError
 from fnatune.io import atomic_write_json
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -53,7 +53,7 @@ def device_name(device: str | torch.device) -> str:
 
 
 @dataclass
-class LatencyTable:
+class LatencyTable(CostTable):
     """Per searchable layer, per candidate latency (ms) of a super net's ops at one input size."""
 
     input_size: tuple[int, int]
@@ -64,29 +64,11 @@ class LatencyTable:
     meta: dict[str, Any] = field(default_factory=dict)
     unit = "ms"
 
-    def expected(self, alphas: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
-        """E[searchable latency, ms] under softmax(alpha / T); differentiable w.r.t. ``alphas``."""
-        if len(alphas) != len(self.ms):
-            raise ArchError(f"the table has {len(self.ms)} layers but {len(alphas)} alpha vectors were given")
-        total = None
-        for a, row in zip(alphas, self.ms):
-            p = torch.softmax(a.to(torch.float64) / temperature, dim=-1)
-            term = (p * torch.tensor(row, dtype=torch.float64, device=p.device)).sum()
-            total = term if total is None else total + term
-        assert total is not None
-        return total.to(alphas[0].dtype)
+    def rows(self) -> list[Tensor]:
+        return [torch.tensor(row, dtype=torch.float64) for row in self.ms]
 
     def of_indices(self, indices: Sequence[int]) -> float:
         return float(sum(row[i] for row, i in zip(self.ms, indices)))
-
-    def of_arch(self, arch: Arch) -> float:
-        idx = []
-        for (s, l), cands in zip(self.positions, self.candidates):
-            op = arch.ops[s][l]
-            if op not in cands:
-                raise ArchError(f"arch op '{op}' at stage {s} layer {l} is not a candidate of this table")
-            idx.append(cands.index(op))
-        return self.of_indices(idx)
 
     def summary(self) -> dict[str, float]:
         return {"min": sum(min(r) for r in self.ms), "max": sum(max(r) for r in self.ms),

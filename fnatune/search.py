@@ -335,7 +335,7 @@ class Searcher:
         try:
             metrics["derived_cost"] = float(self.cost.of_arch(arch))
         except FnatuneError:
-            pass
+            pass  # a skip sorted into a position whose candidates lack it: no single cost to report
         probs = [p.tolist() for p in probs_t]
         self.history.append({"epoch": pr["epoch"], "metrics": metrics, "probabilities": probs,
                              "arch": arch.block_string()})

@@ -30,9 +30,7 @@ def _artifact_root(uri: str) -> str | None:
     """Artifacts next to a SQLite store (MLflow would otherwise pick ./mlartifacts of whatever cwd)."""
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    if uri.startswith("file:") or "://" not in uri:
-        return None
-    return None
+    return None  # other stores (a server, a folder) choose their own artifact location
 
 
 class Tracker:

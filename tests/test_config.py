@@ -18,8 +18,6 @@ def _write(path: Path, text: str) -> Path:
 
 def test_shipped_pipelines_validate() -> None:
     for p in sorted((ROOT / "pipelines").rglob("*.yaml")):
-        if p.name.startswith("_") or "mm_configs" in p.parts:
-            continue
         cfg = load_config(p)
         assert cfg.name
 
@@ -77,6 +75,16 @@ def test_set_overrides_parse_yaml_values_and_reject_unknown_keys(tmp_path: Path)
         load_config(p, ["search.epochs"])
     with pytest.raises(ConfigError, match="warmup_epochs .* exceeds epochs"):
         load_config(p, ["search.epochs=2", "search.warmup_epochs=3"])
+
+
+def test_a_partly_written_section_keeps_its_own_defaults(tmp_path: Path) -> None:
+    p = _write(tmp_path / "p.yaml",
+               "name: x\npretrain: {optim: {name: adam}}\nsearch: {arch_optim: {lr: 0.01}, augment: {flip: 0}}\n")
+    cfg = load_config(p, ["finetune.optim.momentum=0.8"])
+    assert cfg.pretrain.optim.name == "adam" and cfg.pretrain.optim.grad_clip is None and cfg.pretrain.optim.lr == 0.05
+    assert cfg.search.arch_optim.name == "adam" and cfg.search.arch_optim.betas == (0.5, 0.999)
+    assert cfg.search.augment.crop == (513, 513)
+    assert cfg.finetune.optim.lr == 0.01 and cfg.finetune.optim.grad_clip is None
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:

@@ -82,13 +82,13 @@ def test_expected_cost_gradient_matches_hand_computation() -> None:
     T = 0.9
     cost = table.expected(alphas, temperature=T)
     cost.backward()
-    for a, row in zip(alphas, table.tensors()):
+    for a, row in zip(alphas, table.rows()):
         p = torch.softmax(a.detach() / T, -1)
         layer = (p * row).sum()
         hand = p * (row - layer) / T  # d/dalpha_j sum_o p_o m_o = p_j (m_j - E) / T
         assert torch.allclose(a.grad, hand, atol=1e-15, rtol=1e-10)
     assert cost.item() == pytest.approx(sum((torch.softmax(a.detach() / T, -1) * r).sum().item()
-                                            for a, r in zip(alphas, table.tensors())))
+                                            for a, r in zip(alphas, table.rows())))
 
 
 @pytest.mark.parametrize("name,params,madds", [("fna_seg", 2.47e6, 24.17e9), ("mbv2_seg", 2.57e6, 24.52e9)])

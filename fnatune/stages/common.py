@@ -141,8 +141,8 @@ def remap_or_init(ctx: RunContext, st: StageHandle, target: Any, init: str) -> t
     from fnatune.nets import ChildNet, SuperNet
     from fnatune.remap import RemapOptions, remap
 
+    torch.manual_seed(ctx.cfg.seed)  # module init (and FNA's 1e-3 * N(0,1) alpha init) is part of the run's seed
     if init == "random":
-        torch.manual_seed(ctx.cfg.seed)
         net = SuperNet(target) if not isinstance(target, Arch) else ChildNet(target)
         return net, {"init": "random"}
     rc = ctx.cfg.remap

@@ -92,6 +92,7 @@ def stage_search(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
 
     s, mm = ctx.cfg.search, _mm()
     dev = device(ctx)
+    torch.manual_seed(ctx.cfg.seed)  # the head's init: same config, same run, in any process
     model = mm.build_model(_search_model_cfg(ctx))
     supernet: SuperNet = model.backbone.net
     supernet.load_state_dict(torch.load(ctx.path("supernet", "weights"), map_location="cpu", weights_only=True))
@@ -188,6 +189,7 @@ def stage_finetune(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
 
     f, d, mm = ctx.cfg.finetune, ctx.cfg.data, _mm()
     dev = device(ctx)
+    torch.manual_seed(ctx.cfg.seed)  # the head's init: same config, same run, in any process
     model, _arch = _target_model(ctx, ctx.path("target", "weights"))
     model.to(dev)
     ds = mm.cityscapes(d.root, "train", mm.train_pipeline(f.augment.crop, f.augment.scales, f.augment.flip,

@@ -128,6 +128,15 @@ def test_tiny_pipeline_runs_tracks_and_resumes(tmp_path: Path, monkeypatch: pyte
     parent = client.get_run(state["parent_run"])
     assert parent.data.params["search.epochs"] == "2" and "mIoU" in parent.data.metrics
 
+    # the same config in another run directory gives bit-identical results (every init is seeded)
+    res = runner.invoke(main, ["run", str(ROOT / "pipelines/tiny/seg.yaml"), "--run-dir", "again", *TINY,
+                               "--set", "tracking.enabled=false"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "again/arch.json").read_text()) == arch
+    a = torch.load(run / "stages/finetune/model.pt", weights_only=True)
+    b = torch.load(tmp_path / "again/stages/finetune/model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
     # a completed stage is skipped on resume; an incomplete one runs again
     (run / "stages/export/done.json").unlink()
     res = runner.invoke(main, ["resume", "run"])
