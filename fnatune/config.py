@@ -107,12 +107,16 @@ class GenerateCfg(_Model):
     num_val: int = Field(8, ge=1)
     size: Size = (128, 256)
     seed: int = 0
+    max_objects: int = Field(4, ge=1)  # det only: objects per image at most
 
 
 class DataCfg(_Model):
+    """seg: a Cityscapes layout at ``root``; det: a COCO layout (``train2017/``, ``val2017/``,
+    ``annotations/instances_{train,val}2017.json``). Defaults of root/num_classes follow the task."""
+
     root: str = "data/cityscapes"
-    generate: GenerateCfg | None = None  # write a synthetic Cityscapes-layout set into root first
-    num_classes: int = Field(19, ge=2)
+    generate: GenerateCfg | None = None  # write a synthetic set in the task's layout into root first
+    num_classes: int = Field(19, ge=1)
     ignore_index: int = 255
     check_labels: bool = True
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -155,9 +159,15 @@ class LRCfg(_Model):
 
 
 class AugmentCfg(_Model):
+    """seg uses crop/scales/flip; det uses scale/keep_ratio/flip/ssd_augment (and evaluates at the
+    fine-tune's scale, as FNA tests at its training size)."""
+
     crop: Size = (769, 769)
     scales: list[float] = Field(default_factory=lambda: [0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     flip: float = Field(0.5, ge=0, le=1)
+    scale: Size = (800, 1333)         # det: (h, w) to resize to (RetinaNet 800x1333 keep-ratio; SSDLite 320x320)
+    keep_ratio: bool = True
+    ssd_augment: bool = False         # det: photometric distortion + expand 1-4x + min-IoU crop (SSDLite)
 
 
 class SearchAugmentCfg(AugmentCfg):
@@ -175,6 +185,7 @@ class SearchCfg(_Model):
     temperature: float = Field(1.0, gt=0)
     sample_temperature: float = Field(1.0, gt=0)
     batch_size: int = Field(2, ge=1)
+    repeat: int = Field(1, ge=1)      # an epoch = repeat x the arch split's batches (SSDLite: RepeatDataset x5)
     augment: SearchAugmentCfg = Field(default_factory=SearchAugmentCfg)
     cost: CostCfg = Field(default_factory=CostCfg)
     split: SplitCfg = Field(default_factory=SplitCfg)
@@ -220,6 +231,17 @@ class ExportCfg(_Model):
     opset: int = Field(17, ge=11)
 
 
+class DetectorCfg(_Model):
+    """Detection head and post-processing; None = the detector's recipe (FNA_SPEC §6.1, §6.2)."""
+
+    type: Literal["retinanet", "ssdlite"] = "retinanet"
+    score_thr: float | None = Field(None, ge=0, le=1)    # retinanet 0.05, ssdlite 0.02
+    nms_iou: float | None = Field(None, gt=0, le=1)      # 0.5 / 0.6
+    max_per_img: int | None = Field(None, ge=1)          # 100 / 200
+    nms_pre: int = Field(1000, ge=1)
+    channels: int = Field(256, ge=8)                     # retinanet FPN and head width (the paper: 256)
+
+
 class VariantCfg(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     set: dict[str, Any] = Field(default_factory=dict)
@@ -229,7 +251,8 @@ class VariantCfg(_Model):
 class PipelineCfg(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    task: Literal["seg"] = "seg"
+    task: Literal["seg", "det"] = "seg"
+    detector: DetectorCfg | None = None  # task det: which detector (required)
     seed: int = 1
     device: str = "cpu"
     space: str = "mbv2_seg"
@@ -251,6 +274,29 @@ class PipelineCfg(_Model):
         if v != "cpu" and not v.startswith("cuda"):
             raise ValueError(f"expected 'cpu', 'cuda' or 'cuda:N', got '{v}'")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """Defaults that depend on the task, filled in only where the file says nothing."""
+        if not isinstance(data, dict) or data.get("task") != "det":
+            return data
+        out = dict(data)
+        det = out.get("detector") if isinstance(out.get("detector"), dict) else {}
+        out.setdefault("space", "mbv2_ssdlite" if det.get("type") == "ssdlite" else "mbv2_det")
+        d = dict(out["data"]) if isinstance(out.get("data"), dict) else {}
+        d.setdefault("root", "data/coco")
+        d.setdefault("num_classes", 80)
+        out["data"] = d
+        return out
+
+    @model_validator(mode="after")
+    def _task(self) -> PipelineCfg:
+        if self.task == "det" and self.detector is None:
+            raise ValueError("task is det, so 'detector' must be given (e.g. detector: {type: retinanet})")
+        if self.task != "det" and self.detector is not None:
+            raise ValueError(f"'detector' is only for task det (task is {self.task})")
+        return self
 
     @model_validator(mode="after")
     def _arch_source(self) -> PipelineCfg:

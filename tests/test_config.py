@@ -17,9 +17,37 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_shipped_pipelines_validate() -> None:
+    names = []
     for p in sorted((ROOT / "pipelines").rglob("*.yaml")):
-        cfg = load_config(p)
-        assert cfg.name
+        if p.name.startswith("_"):  # partial bases (shared sections), not pipelines
+            continue
+        names.append(load_config(p).name)
+    assert {"fna-seg-cityscapes", "fna-retinanet-coco", "fna-ssdlite-coco", "tiny-det", "tiny-ssdlite"} <= set(names)
+
+
+def test_det_recipes_follow_the_paper() -> None:
+    """FNA_SPEC §5.6, §6.1, §6.2."""
+    retina, ssd = load_config(ROOT / "pipelines/det.yaml"), load_config(ROOT / "pipelines/ssdlite.yaml")
+    assert retina.space == "mbv2_det" and retina.detector.type == "retinanet"
+    assert (retina.search.epochs, retina.search.warmup_epochs, retina.search.cost.lam) == (14, 8, 0.02)
+    assert retina.search.cost.input == (800, 1088) and retina.search.temperature == 1.0
+    assert (retina.finetune.optim.lr, retina.finetune.optim.weight_decay, retina.finetune.batch_size) == (0.05, 5e-5, 32)
+    assert ssd.space == "mbv2_ssdlite" and ssd.detector.type == "ssdlite" and ssd.data.std == (1.0, 1.0, 1.0)
+    assert (ssd.search.epochs, ssd.search.warmup_epochs, ssd.search.cost.lam) == (30, 15, 0.15)
+    assert (ssd.search.weight_steps, ssd.search.repeat, ssd.search.temperature) == (5, 5, 0.9)
+    assert ssd.search.weight_optim.name == "rmsprop" and ssd.search.weight_optim.eps == 1.0
+    assert ssd.finetune.augment.ssd_augment and not ssd.finetune.augment.keep_ratio
+    tiny = load_config(ROOT / "pipelines/tiny/det.yaml")
+    assert tiny.search.cost.input == (800, 1088) and tiny.detector.score_thr == 0.05   # inherited
+
+
+def test_det_task_needs_a_detector_and_fills_task_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path / "a.yaml", "name: d\ntask: det\ndetector: {type: ssdlite}\n"))
+    assert (cfg.space, cfg.data.root, cfg.data.num_classes) == ("mbv2_ssdlite", "data/coco", 80)
+    with pytest.raises(ConfigError, match="'detector' must be given"):
+        load_config(_write(tmp_path / "b.yaml", "name: d\ntask: det\n"))
+    with pytest.raises(ConfigError, match="only for task det"):
+        load_config(_write(tmp_path / "c.yaml", "name: d\ndetector: {type: retinanet}\n"))
 
 
 def test_tiny_seg_inherits_the_paper_recipe() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from fnatune.errors import FnatuneError
 
@@ -35,3 +36,22 @@ def available(name: str = "mmseg") -> bool:
         return True
     except FnatuneError:
         return False
+
+
+def collate(batch: list[Any]) -> Any:
+    """OpenMMLab's batch format: a dict of lists (``inputs``, ``data_samples``), left to the model's
+    data preprocessor to stack and pad."""
+    from mmengine.dataset import pseudo_collate
+
+    return pseudo_collate(batch)
+
+
+def loss_fn(model: Any) -> Any:
+    """``batch -> scalar loss`` for an OpenMMLab model: its data preprocessor, ``mode='loss'``, and its
+    ``parse_losses`` (the sum of every loss term)."""
+    def run(batch: Any) -> Any:
+        data = model.data_preprocessor(batch, training=True)
+        losses = model(**data, mode="loss")
+        loss, _ = model.parse_losses(losses)
+        return loss
+    return run

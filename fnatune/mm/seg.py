@@ -3,9 +3,8 @@ the Cityscapes datasets and the mIoU metric.
 
 Registered in mmseg's ``MODELS`` on import:
 
-* ``FNABackbone``: a :class:`~fnatune.nets.ChildNet` from ``arch`` (a JSON path or a dict). Usable in
-  any plain mmseg config: ``backbone=dict(type='FNABackbone', arch='arch.json', weights='weights.pt')``.
-* ``FNASuperBackbone``: a :class:`~fnatune.nets.SuperNet` of a registered space, for the search.
+* ``FNABackbone``, ``FNASuperBackbone`` (:mod:`fnatune.mm.backbones`). Usable in any plain mmseg
+  config (``pipelines/mm/deeplabv3_fna_cityscapes.py``).
 * ``FNAASPPHead``: FNA's separable ASPP (:class:`~fnatune.tasks.seg.ASPPSep`) as a decode head.
 
 The training loops are ours (exact resume, search alternation); everything else is mmseg's: the
@@ -22,59 +21,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fnatune.mm import require
+from fnatune.mm import collate, loss_fn, require  # noqa: F401  (re-exported)
 
 # mmseg 1.2 warns on every model build about its own internals (build_loss, align_corners hints)
 warnings.filterwarnings("ignore", message=".*build_loss.*", category=UserWarning)
 warnings.filterwarnings("ignore", message="When align_corners=True", category=UserWarning)
 require("mmcv._ext")
 mmseg_models = require("mmseg.models")
-from mmengine.model import BaseModule
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
-from fnatune.arch import Arch
-from fnatune.nets import ChildNet, SuperNet
-from fnatune.space import get_space
+from fnatune.mm.backbones import FNABackbone, FNASuperBackbone
 from fnatune.tasks.seg import ASPPSep
 
-
-def _load_weights(module: nn.Module, weights: str | None) -> None:
-    if weights:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-
-
-@MODELS.register_module(force=True)
-class FNABackbone(BaseModule):
-    """A fixed architecture (``arch``: JSON path or dict) as an mmseg/mmdet backbone; returns its taps."""
-
-    def __init__(self, arch: str | dict[str, Any], weights: str | None = None, taps: Sequence[str] | None = None,
-                 init_cfg: Any = None) -> None:
-        super().__init__(init_cfg)
-        a = Arch.load(arch) if isinstance(arch, (str, Path)) else Arch.from_dict(arch)
-        if taps is not None:
-            a = a.with_taps(list(taps))
-        self.net = ChildNet(a)
-        _load_weights(self.net, weights)
-        self.feature_info = self.net.feature_info
-
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        return tuple(self.net(x))
-
-
-@MODELS.register_module(force=True)
-class FNASuperBackbone(BaseModule):
-    """The super net of a registered space (``space``), for the search; modes set by the searcher."""
-
-    def __init__(self, space: str, weights: str | None = None, alpha_init_std: float = 1e-3, init_cfg: Any = None) -> None:
-        super().__init__(init_cfg)
-        self.net = SuperNet(get_space(space), alpha_init_std=alpha_init_std)
-        _load_weights(self.net, weights)
-        self.feature_info = self.net.feature_info
-
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        return tuple(self.net(x))
+MODELS.register_module(module=FNABackbone, force=True)
+MODELS.register_module(module=FNASuperBackbone, force=True)
 
 
 @MODELS.register_module(force=True)
@@ -158,21 +119,6 @@ def cityscapes(root: str | Path, split: str, pipeline: list[dict[str, Any]]) -> 
                                                                        seg_map_path=f"gtFine/{split}"),
                                  pipeline=pipeline, serialize_data=False)
 
-
-def collate(batch: list[Any]) -> Any:
-    from mmengine.dataset import pseudo_collate
-
-    return pseudo_collate(batch)
-
-
-def loss_fn(model: nn.Module):  # type: ignore[no-untyped-def]
-    """``batch -> scalar loss`` through mmseg's preprocessor and losses."""
-    def run(batch: Any) -> Tensor:
-        data = model.data_preprocessor(batch, training=True)  # type: ignore[operator]
-        losses = model(**data, mode="loss")
-        loss, _ = model.parse_losses(losses)  # type: ignore[operator]
-        return loss
-    return run
 
 
 def evaluate(model: nn.Module, dataset: Any, max_images: int | None = None) -> dict[str, float]:

@@ -2,6 +2,8 @@
 
 data -> seed -> supernet (remap) -> search (or a fixed arch) -> target (remap again, from the seed)
 -> finetune -> evaluate -> export.
+The learning stages are task-independent; each task (seg, det) supplies a backend
+(:mod:`fnatune.stages.backend`).
 """
 from __future__ import annotations
 
@@ -10,15 +12,13 @@ from fnatune.pipeline import Stage
 
 
 def stages_for(cfg: PipelineCfg) -> list[Stage]:
-    from fnatune.stages import common, seg
+    from fnatune.stages import common, learn
 
-    if cfg.task != "seg":  # the schema admits only implemented tasks; this guards future additions
-        raise NotImplementedError(cfg.task)
-    stages: list[Stage] = [("data", seg.stage_data), ("seed", common.stage_seed)]
+    stages: list[Stage] = [("data", learn.stage_data), ("seed", common.stage_seed)]
     if cfg.search.enabled:
-        stages += [("supernet", common.stage_supernet), ("search", seg.stage_search)]
+        stages += [("supernet", common.stage_supernet), ("search", learn.stage_search)]
     else:
-        stages += [("arch", seg.stage_fixed_arch)]
-    stages += [("target", common.stage_target), ("finetune", seg.stage_finetune), ("evaluate", seg.stage_evaluate),
-               ("export", common.stage_export)]
+        stages += [("arch", learn.stage_fixed_arch)]
+    stages += [("target", common.stage_target), ("finetune", learn.stage_finetune),
+               ("evaluate", learn.stage_evaluate), ("export", common.stage_export)]
     return stages

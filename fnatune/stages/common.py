@@ -185,10 +185,10 @@ def stage_target(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
 
 def stage_export(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     """The derived backbone (fine-tuned weights) to ONNX, checked with onnxruntime; the arch card."""
-    from fnatune.cost import count_madds, count_params
+    from fnatune.cost import count_params
     from fnatune.export import export_onnx
     from fnatune.nets import ChildNet
-    from fnatune.tasks import build_task_model
+    from fnatune.stages.learn import backend
     from fnatune.viz import arch_picture
 
     arch = Arch.load(ctx.run_dir / "arch.json")
@@ -199,16 +199,13 @@ def stage_export(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     pic = arch_picture(arch, st.dir / "arch.png", title=f"{ctx.cfg.name}: {arch.block_string()}")
     outputs["picture"] = rel(ctx, pic)
     if ctx.cfg.export.onnx:
-        size = ctx.cfg.export.input or ctx.cfg.finetune.augment.crop
+        size = ctx.cfg.export.input or backend(ctx).export_size()
         info = export_onnx(backbone, st.dir / "backbone.onnx", size, arch.skeleton.in_channels, ctx.cfg.export.opset)
         outputs["onnx"] = rel(ctx, st.dir / "backbone.onnx")
         metrics["onnxruntime_max_abs_diff"] = info["onnxruntime_max_abs_diff"]
         st.log_artifact(st.dir / "backbone.onnx")
-    task_net = build_task_model(ctx.cfg.task, arch, num_classes=ctx.cfg.data.num_classes)
-    paper_size = ctx.cfg.search.cost.input or (1024, 2048)
-    metrics.update({"params": float(count_params(task_net)),
-                    "madds_paper_resolution": float(count_madds(task_net, paper_size)),
-                    "backbone_params": float(count_params(backbone))})
+    metrics.update(backend(ctx).whole_cost(arch))
+    metrics["backbone_params"] = float(count_params(backbone))
     for p in (ctx.run_dir / "arch.json", pic, ctx.path("finetune", "backbone")):
         st.log_artifact(p)
     st.tracker.log_artifact(ctx.parent_run, ctx.run_dir / "arch.json")

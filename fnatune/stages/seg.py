@@ -1,18 +1,15 @@
-"""Segmentation stages (mmseg): data, search, fine-tune, evaluate. FNA_SPEC §3.4, §5 and §6.3."""
+"""Segmentation with mmseg (FNA_SPEC §3.4, §6.3): Cityscapes-layout data, DeepLabv3 with FNA's ASPP
+head, mIoU. The stages themselves are task-independent (:mod:`fnatune.stages.learn`)."""
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import Subset
+from torch import nn
+from torch.utils.data import Dataset, Subset
 
 from fnatune.arch import Arch
-from fnatune.io import atomic_torch_save, atomic_write_json
-from fnatune.pipeline import RunContext, StageHandle, eta
-from fnatune.stages.common import device, rel
+from fnatune.stages.backend import TaskBackend
 
 
 def _mm() -> Any:
@@ -21,214 +18,75 @@ def _mm() -> Any:
     return seg
 
 
-def _base_size(ctx: RunContext) -> tuple[int, int]:
-    """Image size the scale factors apply to: generated size, else Cityscapes' 1024x2048."""
-    gen = ctx.cfg.data.generate
-    return tuple(gen.size) if gen else (1024, 2048)  # type: ignore[return-value]
+class SegBackend(TaskBackend):
+    headline = "mIoU"
 
+    def _base_size(self) -> tuple[int, int]:
+        """Image size the scale factors apply to: the generated size, else Cityscapes' 1024x2048."""
+        gen = self.cfg.data.generate
+        return tuple(gen.size) if gen else (1024, 2048)  # type: ignore[return-value]
 
-def _model_cfg(ctx: RunContext, backbone: dict[str, Any], in_channels: int, crop: tuple[int, int]) -> dict[str, Any]:
-    d, e = ctx.cfg.data, ctx.cfg.evaluate
-    return _mm().model_config(backbone, in_channels, d.num_classes, d.mean, d.std, crop, d.ignore_index,
-                              test_mode=e.mode, test_crop=e.crop, test_stride=e.stride)
+    def prepare(self) -> dict[str, float]:
+        from fnatune.data.synthetic import check_cityscapes, generate_cityscapes
 
+        d = self.cfg.data
+        if d.generate is not None:
+            g = d.generate
+            generate_cityscapes(d.root, g.num_train, g.num_val, g.size, g.seed)
+        metrics = {}
+        for split in ("train", "val"):
+            if d.check_labels:
+                metrics[f"{split}_images"] = float(check_cityscapes(d.root, split, d.num_classes, d.ignore_index))
+            else:
+                metrics[f"{split}_images"] = float(len(list((Path(d.root) / "leftImg8bit" / split).glob("*/*.png"))))
+        _mm()  # fail here, early and clearly, when OpenMMLab is missing
+        return metrics
 
-def stage_data(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
-    """Generate the synthetic set if asked, then check the layout and every label value."""
-    from fnatune.data.synthetic import check_cityscapes, generate_cityscapes
+    def search_sets(self) -> tuple[Dataset[Any], Dataset[Any]]:
+        from fnatune.data import split_indices
 
-    d = ctx.cfg.data
-    if d.generate is not None:
-        g = d.generate
-        generate_cityscapes(d.root, g.num_train, g.num_val, g.size, g.seed)
-    metrics = {}
-    for split in ("train", "val"):
-        if d.check_labels:
-            metrics[f"{split}_images"] = float(check_cityscapes(d.root, split, d.num_classes, d.ignore_index))
-        else:
-            metrics[f"{split}_images"] = float(len(list((Path(d.root) / "leftImg8bit" / split).glob("*/*.png"))))
-    _mm()  # fail here, early and clearly, when OpenMMLab is missing
-    return {"outputs": {}, "metrics": metrics}
+        mm, d, s = _mm(), self.cfg.data, self.cfg.search
+        a = s.augment
+        aug = mm.cityscapes(d.root, "train", mm.train_pipeline(a.crop, a.scales, a.flip, self._base_size()))
+        plain = mm.cityscapes(d.root, "train", mm.train_pipeline(a.crop, [1.0], 0.0, self._base_size()))
+        part1, part2 = split_indices(len(aug), s.split.fraction, s.split.seed)
+        if s.split.arch_data == "augmented":  # FNA's code: augmented half -> arch steps, plain half -> weights
+            return Subset(aug, part1), Subset(plain, part2)
+        return Subset(plain, part2), Subset(aug, part1)
 
+    def train_set(self) -> Dataset[Any]:
+        mm, d, a = _mm(), self.cfg.data, self.cfg.finetune.augment
+        return mm.cityscapes(d.root, "train", mm.train_pipeline(a.crop, a.scales, a.flip, self._base_size()))
 
-def _search_streams(ctx: RunContext) -> tuple[Any, Any]:
-    from fnatune.data import BatchStream, split_indices
+    def val_set(self) -> Dataset[Any]:
+        mm = _mm()
+        return mm.cityscapes(self.cfg.data.root, "val", mm.plain_pipeline())
 
-    mm, d, s = _mm(), ctx.cfg.data, ctx.cfg.search
-    aug = mm.cityscapes(d.root, "train", mm.train_pipeline(s.augment.crop, s.augment.scales, s.augment.flip,
-                                                           _base_size(ctx)))
-    plain = mm.cityscapes(d.root, "train", mm.train_pipeline(s.augment.crop, [1.0], 0.0, _base_size(ctx)))
-    part1, part2 = split_indices(len(aug), s.split.fraction, s.split.seed)
-    if s.split.arch_data == "augmented":  # FNA's code: augmented half -> arch steps, plain half -> weights
-        arch_ds, weight_ds = Subset(aug, part1), Subset(plain, part2)
-    else:
-        arch_ds, weight_ds = Subset(plain, part2), Subset(aug, part1)
-    bs = s.batch_size
-    return (BatchStream(arch_ds, bs, mm.collate, seed=ctx.cfg.seed * 2 + 1, num_workers=d.num_workers),
-            BatchStream(weight_ds, bs, mm.collate, seed=ctx.cfg.seed * 2 + 2, num_workers=d.num_workers))
+    def model(self, backbone: dict[str, Any], arch: Arch, phase: str) -> nn.Module:
+        d, e = self.cfg.data, self.cfg.evaluate
+        crop = (self.cfg.search if phase == "search" else self.cfg.finetune).augment.crop
+        cfg = _mm().model_config(backbone, arch.tap_channels(arch.skeleton.taps[-1]), d.num_classes, d.mean, d.std,
+                                 crop, d.ignore_index, test_mode=e.mode, test_crop=e.crop, test_stride=e.stride)
+        return _mm().build_model(cfg)
 
+    def collate(self, batch: list[Any]) -> Any:
+        return _mm().collate(batch)
 
-def _cost_table(ctx: RunContext, supernet: Any) -> Any:
-    from fnatune.cost import madds_table
-    from fnatune.latency import latency_table
+    def loss_fn(self, model: nn.Module) -> Any:
+        return _mm().loss_fn(model)
 
-    c = ctx.cfg.search.cost
-    size = c.input or supernet.space.input_size
-    if c.model == "latency":
-        return latency_table(supernet, size, device=c.device, dtype=c.dtype, repeats=c.repeats)
-    return madds_table(supernet, size)
+    def evaluate(self, model: nn.Module, dataset: Dataset[Any]) -> dict[str, float]:
+        return _mm().evaluate(model, dataset, self.cfg.evaluate.max_images)
 
+    def whole_cost(self, arch: Arch) -> dict[str, float]:
+        """Counted on the plain-torch twin (:class:`~fnatune.tasks.seg.SegNet`, same parameters as the
+        mmseg model), so costs need no OpenMMLab."""
+        from fnatune.cost import count_madds, count_params
+        from fnatune.tasks import build_task_model
 
-def stage_search(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
-    from fnatune.nets import SuperNet
-    from fnatune.search import (
-        LRSpec,
-        OptimSpec,
-        Searcher,
-        SearchObserver,
-        SearchSettings,
-    )
-    from fnatune.viz import alpha_heatmap
+        net = build_task_model("seg", arch, num_classes=self.cfg.data.num_classes)
+        size = self.cfg.search.cost.input or (1024, 2048)
+        return {"params": float(count_params(net)), "madds_paper_resolution": float(count_madds(net, size))}
 
-    s, mm = ctx.cfg.search, _mm()
-    dev = device(ctx)
-    torch.manual_seed(ctx.cfg.seed)  # the head's init: same config, same run, in any process
-    model = mm.build_model(_search_model_cfg(ctx))
-    supernet: SuperNet = model.backbone.net
-    supernet.load_state_dict(torch.load(ctx.path("supernet", "weights"), map_location="cpu", weights_only=True))
-    table = _cost_table(ctx, supernet)
-    model.to(dev)
-    arch_stream, weight_stream = _search_streams(ctx)
-    atomic_write_json(st.dir / "cost_table.json", table.to_dict())
-    st.log_artifact(st.dir / "cost_table.json")
-
-    def opt(o: Any) -> OptimSpec:
-        return OptimSpec(o.name, o.lr, o.momentum, o.weight_decay, tuple(o.betas), o.eps, o.grad_clip)
-
-    lr = s.weight_lr
-    settings = SearchSettings(
-        epochs=s.epochs, warmup_epochs=s.warmup_epochs, steps_per_epoch=s.steps_per_epoch, arch_steps=s.arch_steps,
-        weight_steps=s.weight_steps, temperature=s.temperature, sample_temperature=s.sample_temperature,
-        cost_lambda=s.cost.lam, log_base=s.cost.log_base, weight_optim=opt(s.weight_optim),
-        arch_optim=opt(s.arch_optim),
-        weight_lr=LRSpec(lr.policy, list(lr.milestones), lr.gamma, lr.power, lr.warmup_iters, lr.warmup_ratio),
-        checkpoint_every=s.checkpoint_every, seed=ctx.cfg.seed)
-    st.log_params({"cost.model": s.cost.model, "cost.unit": table.unit,
-                   "cost.input": "x".join(map(str, table.input_size)), **{f"table.{k}": v for k, v in table.summary().items()}})
-
-    class Obs(SearchObserver):
-        def on_step(self, i: dict[str, Any]) -> None:
-            done = i["epoch"] * i["steps_per_epoch"] + i["step_in_epoch"]
-            loss = i.get("weight_loss", i.get("arch_loss", 0.0))
-            extra = f" E[cost] {i['expected_cost']:.3f} {table.unit}" if "expected_cost" in i else ""
-            ctx.progress(f"  search epoch {i['epoch'] + 1}/{i['epochs']} [{i['kind']}] step "
-                         f"{i['step_in_epoch']}/{i['steps_per_epoch']} loss {loss:.3f}{extra} "
-                         f"ETA {eta(done, i['epochs'] * i['steps_per_epoch'], i['elapsed'])}")
-
-        def on_epoch(self, epoch: int, metrics: dict[str, float], probabilities: list[list[float]], arch: Arch) -> None:
-            st.log_metrics(metrics, epoch)
-            path = st.dir / "alpha" / f"epoch_{epoch:03d}.json"
-            atomic_write_json(path, {"epoch": epoch, "probabilities": probabilities, "arch": arch.block_string()})
-            st.log_artifact(path, "alpha")
-            st.tracker.set_tags(st.run_id, {"derived_arch": arch.block_string()})
-            ctx.progress(f"  search epoch {epoch + 1}: derived {arch.block_string()} "
-                         f"(E[cost] {metrics['expected_cost']:.3f} {table.unit}, alpha entropy "
-                         f"{metrics['alpha_entropy']:.3f})", force=True)
-
-    loss = mm.loss_fn(model)
-    result = Searcher(model, supernet, loss, arch_stream, weight_stream, table, settings, st.dir / "work", Obs()).run()
-    assert result is not None
-    sup_path = atomic_torch_save(supernet.state_dict(), st.dir / "supernet.pt")
-    result.arch.save(st.dir / "arch.json")
-    shutil.copyfile(st.dir / "arch.json", ctx.run_dir / "arch.json")
-    atomic_write_json(st.dir / "alpha_history.json", result.history)
-    heat = alpha_heatmap(result.probabilities, table.candidates, table.positions, st.dir / "alpha_heatmap.png",
-                         title=f"{ctx.cfg.name}: softmax(alpha/T) after {s.epochs} epochs")
-    for p in (st.dir / "arch.json", st.dir / "alpha_history.json", heat):
-        st.log_artifact(p)
-    (st.dir / "work" / "checkpoint.pt").unlink(missing_ok=True)  # the search is complete; its outputs stay
-    final = result.history[-1]["metrics"]
-    return {"outputs": {"arch": rel(ctx, st.dir / "arch.json"), "supernet": rel(ctx, sup_path),
-                        "alpha_heatmap": rel(ctx, heat)},
-            "metrics": {"final_expected_cost": final["expected_cost"], "final_alpha_entropy": final["alpha_entropy"],
-                        "derived_cost": float(table.of_arch(result.arch))}}
-
-
-def _search_model_cfg(ctx: RunContext) -> dict[str, Any]:
-    from fnatune.space import get_space
-
-    space = get_space(ctx.cfg.space)
-    in_ch = space.stages[-1].out_channels if not space.tail_channels else space.tail_channels
-    return _model_cfg(ctx, dict(type="FNASuperBackbone", space=ctx.cfg.space), in_ch, ctx.cfg.search.augment.crop)
-
-
-def stage_fixed_arch(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
-    """No search: the configured arch file, or the seed's own layout projected into the space."""
-    from fnatune.space import get_space
-    from fnatune.stages.common import seed_of
-
-    space = get_space(ctx.cfg.space)
-    arch = space.project(seed_of(ctx).arch) if ctx.cfg.arch == "seed" else Arch.load(ctx.cfg.arch)
-    space.validate(arch)
-    arch.save(st.dir / "arch.json")
-    shutil.copyfile(st.dir / "arch.json", ctx.run_dir / "arch.json")
-    st.log_artifact(st.dir / "arch.json")
-    return {"outputs": {"arch": rel(ctx, st.dir / "arch.json")}, "metrics": {}}
-
-
-def _target_model(ctx: RunContext, weights: Path | None) -> Any:
-    arch = Arch.load(ctx.run_dir / "arch.json")
-    bb = dict(type="FNABackbone", arch=arch.to_dict(), weights=str(weights) if weights else None)
-    return _mm().build_model(_model_cfg(ctx, bb, arch.tap_channels(arch.skeleton.taps[-1]), ctx.cfg.finetune.augment.crop)), arch
-
-
-def stage_finetune(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
-    from fnatune.data import BatchStream
-    from fnatune.search import OptimSpec
-    from fnatune.train import Trainer, TrainObserver, TrainSettings
-
-    f, d, mm = ctx.cfg.finetune, ctx.cfg.data, _mm()
-    dev = device(ctx)
-    torch.manual_seed(ctx.cfg.seed)  # the head's init: same config, same run, in any process
-    model, _arch = _target_model(ctx, ctx.path("target", "weights"))
-    model.to(dev)
-    ds = mm.cityscapes(d.root, "train", mm.train_pipeline(f.augment.crop, f.augment.scales, f.augment.flip,
-                                                          _base_size(ctx)))
-    val = mm.cityscapes(d.root, "val", mm.plain_pipeline())
-    o = f.optim
-    settings = TrainSettings(iters=f.iters, optim=OptimSpec(o.name, o.lr, o.momentum, o.weight_decay, tuple(o.betas),
-                                                            o.eps, o.grad_clip),
-                             policy=f.policy, power=f.power, milestones=list(f.milestones), warmup_iters=f.warmup_iters,
-                             warmup_ratio=f.warmup_ratio, log_every=f.log_every, eval_every=f.eval_every,
-                             checkpoint_every=f.checkpoint_every, amp=f.amp, seed=ctx.cfg.seed)
-
-    class Obs(TrainObserver):
-        def on_step(self, i: dict[str, Any]) -> None:
-            ctx.progress(f"  finetune it {i['it']}/{i['iters']} loss {i['loss']:.3f} lr {i['lr']:.2e} "
-                         f"ETA {eta(i['it'], i['iters'], i['elapsed'])}")
-
-        def on_log(self, it: int, metrics: dict[str, float]) -> None:
-            st.log_metrics(metrics, it)
-
-    stream = BatchStream(ds, f.batch_size, mm.collate, seed=ctx.cfg.seed * 2 + 3, num_workers=d.num_workers)
-    evaluate = (lambda: mm.evaluate(model, val, ctx.cfg.evaluate.max_images)) if f.eval_every else None
-    Trainer(model, mm.loss_fn(model), stream, settings, st.dir / "work", Obs(), evaluate).run()
-    model_path = atomic_torch_save(model.state_dict(), st.dir / "model.pt")
-    bb_path = atomic_torch_save(model.backbone.net.state_dict(), st.dir / "backbone.pt")
-    (st.dir / "work" / "checkpoint.pt").unlink(missing_ok=True)
-    st.log_artifact(model_path)
-    return {"outputs": {"model": rel(ctx, model_path), "backbone": rel(ctx, bb_path)}, "metrics": {}}
-
-
-def stage_evaluate(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
-    d, mm = ctx.cfg.data, _mm()
-    model, _ = _target_model(ctx, None)
-    model.load_state_dict(torch.load(ctx.path("finetune", "model"), map_location="cpu", weights_only=True))
-    model.to(device(ctx))
-    val = mm.cityscapes(d.root, "val", mm.plain_pipeline())
-    metrics = mm.evaluate(model, val, ctx.cfg.evaluate.max_images)
-    atomic_write_json(st.dir / "metrics.json", metrics)
-    st.log_artifact(st.dir / "metrics.json")
-    st.tracker.log_metrics(ctx.parent_run, {k: v for k, v in metrics.items()})
-    ctx.progress(f"  evaluate: {json.dumps({k: round(v, 2) for k, v in metrics.items()})}", force=True)
-    return {"outputs": {"metrics": rel(ctx, st.dir / "metrics.json")}, "metrics": metrics}
+    def export_size(self) -> tuple[int, int]:
+        return tuple(self.cfg.finetune.augment.crop)  # type: ignore[return-value]
