@@ -67,7 +67,7 @@ def stage_seed(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
 def _pretrain_key(ctx: RunContext) -> str:
     payload = {"seed": ctx.cfg.seed_net.name, "options": ctx.cfg.seed_net.options,
                "pretrain": ctx.cfg.pretrain.model_dump(mode="json", exclude={"cache_dir"}), "seed_value": ctx.cfg.seed,
-               "torch": torch.__version__.split("+")[0], "v": 1}
+               "torch": torch.__version__.split("+")[0], "v": 2}  # v2: seeded random init
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -96,8 +96,8 @@ def pretrained_seed(ctx: RunContext, st: StageHandle) -> tuple[Seed, dict[str, f
                                    pc.size, seed=ctx.cfg.seed)
     tf = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     train_set, val_set = ImageFolder(str(root / "train"), tf), ImageFolder(str(root / "val"), tf)
+    torch.manual_seed(ctx.cfg.seed)  # before the seed's random init: the pretrained seed is a function of the config
     base = load_seed(ctx.cfg.seed_net.name, weights=None, **ctx.cfg.seed_net.options)
-    torch.manual_seed(ctx.cfg.seed)
     net = ClassifierNet(base.arch, num_classes=pc.num_classes)
     net.backbone.load_state_dict(base.state_dict)
     dev = device(ctx)

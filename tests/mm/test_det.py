@@ -212,7 +212,7 @@ def test_tiny_det_pipeline_reaches_a_real_map_and_is_tracked(tmp_path: Path, mon
     res = CliRunner().invoke(main, ["run", str(ROOT / "pipelines/tiny/det.yaml"), "--run-dir", "run"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "run/stages/evaluate/metrics.json").read_text())
-    assert metrics["bbox_mAP"] > 30.0, metrics
+    assert metrics["bbox_mAP"] > 20.0, metrics  # a broken detector scores ~0; this run: 69.9
     export = json.loads((tmp_path / "run/stages/export/done.json").read_text())["metrics"]
     assert export["onnxruntime_max_abs_diff"] < 1e-3 and export["params"] > export["backbone_params"]
 
