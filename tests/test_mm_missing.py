@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import fnatune.mm
 from fnatune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +18,7 @@ def test_det_pipeline_without_mmdet_names_the_install_commands(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "mmdet.models", None)  # `import mmdet.models` now raises ImportError
     monkeypatch.delitem(sys.modules, "fnatune.mm.det", raising=False)
+    monkeypatch.delattr(fnatune.mm, "det", raising=False)  # `from fnatune.mm import det` reads this first
     res = CliRunner().invoke(main, ["run", str(ROOT / "pipelines/tiny/det.yaml"), "--run-dir", "r",
                                     "--set", "tracking.enabled=false", "--set", "data.generate.num_train=2",
                                     "--set", "data.generate.num_val=1"])
