@@ -5,7 +5,9 @@ how to install the ``mm`` extra (a full mmcv compiled from source; mmcv-lite lac
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -55,3 +57,30 @@ def loss_fn(model: Any) -> Any:
         loss, _ = model.parse_losses(losses)
         return loss
     return run
+
+
+@contextlib.contextmanager
+def quiet_logger() -> Iterator[None]:
+    """mmengine's current logger at WARNING for the block (it logs every parameter's init, and
+    pycocotools' summary, at INFO)."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def feed_metric(model: Any, dataset: Any, metric: Any, n: int) -> None:
+    """Run ``model.test_step`` (eval mode, no grad, batch 1) over the first ``n`` samples into ``metric``."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        for i in range(n):
+            batch = collate([dataset[i]])
+            outputs = model.test_step(batch)
+            metric.process(batch, [o.to_dict() for o in outputs])

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from fnatune.mm import collate, loss_fn, require  # noqa: F401  (re-exported)
+from fnatune.mm import collate, feed_metric, loss_fn, quiet_logger, require  # noqa: F401  (re-exported)
 
 warnings.filterwarnings("ignore", message=".*build_loss.*", category=UserWarning)
 require("mmcv._ext")
@@ -145,18 +144,12 @@ def build_model(cfg: dict[str, Any], init: bool = True) -> nn.Module:
     """Build a detector; ``init`` runs mmdet's init (RetinaNet's focal-loss bias prior, SSD's normal 0.03),
     which leaves our backbones' weights alone unless their ``init_cfg`` says otherwise."""
     from mmengine.config import ConfigDict
-    from mmengine.logging import MMLogger
 
     with _scope():
         model = MODELS.build(ConfigDict(cfg))
         if init:
-            logger = MMLogger.get_current_instance()
-            level = logger.level
-            logger.setLevel("WARNING")  # mmengine logs every parameter's init at INFO
-            try:
+            with quiet_logger():
                 model.init_weights()
-            finally:
-                logger.setLevel(level)
     return model
 
 
@@ -236,24 +229,11 @@ METRIC_NAMES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 def evaluate(model: nn.Module, dataset: Any, root: str | Path, split: str, max_images: int | None = None
              ) -> dict[str, float]:
     """COCO bbox mAP of ``model`` over ``dataset`` (batch 1, eval mode), in percent like the paper."""
-    from mmengine.logging import MMLogger
-
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     ids = [dataset.get_data_info(i)["img_id"] for i in range(n)]
     metric = coco_metric(root, split, ids)
     metric.dataset_meta = dataset.metainfo
-    model.eval()
-    with torch.no_grad():
-        for i in range(n):
-            batch = collate([dataset[i]])
-            outputs = model.test_step(batch)  # type: ignore[operator]
-            metric.process(batch, [o.to_dict() for o in outputs])
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel("WARNING")  # pycocotools' summary is returned as metrics, not printed
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            raw = metric.compute_metrics(metric.results)
-    finally:
-        logger.setLevel(level)
+    feed_metric(model, dataset, metric, n)
+    with quiet_logger(), contextlib.redirect_stdout(io.StringIO()):  # the summary comes back as metrics
+        raw = metric.compute_metrics(metric.results)
     return {f"bbox_{k}": 100.0 * float(raw[f"bbox_{k}"]) for k in METRIC_NAMES}

@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from fnatune.mm import collate, loss_fn, require  # noqa: F401  (re-exported)
+from fnatune.mm import collate, feed_metric, loss_fn, require  # noqa: F401  (re-exported)
 
 # mmseg 1.2 warns on every model build about its own internals (build_loss, align_corners hints)
 warnings.filterwarnings("ignore", message=".*build_loss.*", category=UserWarning)
@@ -127,11 +126,5 @@ def evaluate(model: nn.Module, dataset: Any, max_images: int | None = None) -> d
 
     metric = IoUMetric(iou_metrics=["mIoU"], prefix="val")
     metric.dataset_meta = dataset.metainfo
-    model.eval()
-    n = len(dataset) if max_images is None else min(max_images, len(dataset))
-    with torch.no_grad():
-        for i in range(n):
-            batch = collate([dataset[i]])
-            outputs = model.test_step(batch)  # type: ignore[operator]
-            metric.process(batch, [o.to_dict() for o in outputs])
+    feed_metric(model, dataset, metric, len(dataset) if max_images is None else min(max_images, len(dataset)))
     return {k: float(v) for k, v in metric.compute_metrics(metric.results).items()}

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from fnatune.arch import Arch
+from fnatune.errors import FnatuneError
 from fnatune.stages.backend import TaskBackend
 
 # post-processing of each detector's recipe (FNA_SPEC §6.1, §6.2), where the config leaves it open
@@ -69,12 +70,13 @@ class DetBackend(TaskBackend):
         chans = [arch.tap_channels(t) for t in arch.skeleton.taps]
         if det.type == "retinanet":
             if len(chans) != 4:
-                raise ValueError(f"RetinaNet needs 4 taps (C2..C5), space '{self.cfg.space}' has {len(chans)}")
+                raise FnatuneError(f"detector.type retinanet needs a space with 4 taps (C2..C5); space "
+                                   f"'{self.cfg.space}' has {len(chans)} (use space: mbv2_det)")
             return _mm().retinanet_config(backbone, chans, d.num_classes, d.mean, d.std, nms_pre=det.nms_pre,
                                           channels=det.channels, **post)
         if len(chans) != 2:
-            raise ValueError(f"SSDLite needs 2 taps (the 576 expansion and the 1280 tail), space "
-                             f"'{self.cfg.space}' has {len(chans)}")
+            raise FnatuneError(f"detector.type ssdlite needs a space with 2 taps (the 576 expansion and the 1280 "
+                               f"tail); space '{self.cfg.space}' has {len(chans)} (use space: mbv2_ssdlite)")
         return _mm().ssdlite_config(backbone, chans, d.num_classes, d.mean, d.std, nms_pre=det.nms_pre, **post)
 
     def model(self, backbone: dict[str, Any], arch: Arch, phase: str) -> nn.Module:

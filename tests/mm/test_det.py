@@ -234,3 +234,17 @@ def test_det_pipeline_without_coco_names_the_layout_and_the_tiny_pipeline(tmp_pa
     assert res.exit_code == 2
     assert "dataset not found at data/coco" in res.output
     assert "annotations/instances_train2017.json" in res.output and "pipelines/tiny/det.yaml" in res.output
+
+
+def test_a_detector_on_a_space_with_the_wrong_taps_is_a_clear_error() -> None:
+    from types import SimpleNamespace
+
+    from fnatune.config import load_config
+    from fnatune.errors import FnatuneError
+    from fnatune.space import get_space
+    from fnatune.stages.det import DetBackend
+
+    cfg = load_config(ROOT / "pipelines/tiny/det.yaml", ["space=mbv2_ssdlite"])
+    arch = get_space("mbv2_ssdlite").sample(0)
+    with pytest.raises(FnatuneError, match="retinanet needs a space with 4 taps.*use space: mbv2_det"):
+        DetBackend(SimpleNamespace(cfg=cfg)).model(dict(type="FNABackbone", arch=arch.to_dict()), arch, "finetune")
