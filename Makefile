@@ -13,7 +13,7 @@ STAMP   := $(VENV)/.installed
 # compiled once (10-15 min on 2 cores; pip caches the wheel), after torch, without build isolation, and
 # its setup.py still imports pkg_resources (hence setuptools 80.9).
 MMCV    := mmcv==2.1.0
-PINS    := mlflow==3.17.2
+PINS    := mlflow==3.17.2 "ray[tune,train]==2.60.0"
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/remap_speed.py
 	$(BIN)/python benchmarks/search_step.py
+	$(BIN)/python benchmarks/tune_overhead.py
 
 clean:
 	rm -rf $(VENV) runs data mlflow.db mlartifacts

@@ -227,7 +227,7 @@ def _default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _finish(run_dir: Path, result: dict[str, Any], uri: str | None) -> None:
+def _finish(run_dir: Path, result: dict[str, Any]) -> None:
     import json as _json
 
     state = _json.loads((run_dir / "run.json").read_text())
@@ -235,13 +235,37 @@ def _finish(run_dir: Path, result: dict[str, Any], uri: str | None) -> None:
     click.echo(f"results: {run_dir}")
     if (run_dir / "arch.json").exists():
         click.echo(f"  derived architecture: {run_dir / 'arch.json'}")
-    if (run_dir / "ablation_summary.md").exists():
-        click.echo(f"  ablation summary:     {run_dir / 'ablation_summary.md'}")
-    ev = result.get("evaluate", {}).get("metrics", {})
+    for name in ("ablation_summary.md", "sweep_summary.md", "pareto_front.md", "pareto_front.png"):
+        if (run_dir / name).exists():
+            click.echo(f"  {name:<21} {run_dir / name}")
+    ev = result.get("stages", {}).get("evaluate", {}).get("metrics", {})
     if ev:
         click.echo("  metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
-    click.echo(f"  MLflow: run {state.get('parent_run')} in {state.get('tracking_uri')}")
-    click.echo(f"  browse: fnatune ui --tracking-uri {state.get('tracking_uri')}")
+    if result.get("table"):
+        click.echo("\n" + result["table"])
+    if state.get("tracking_uri"):  # empty when tracking is off
+        click.echo(f"  MLflow: run {state.get('parent_run')} in {state.get('tracking_uri')}")
+        click.echo(f"  browse: fnatune ui --tracking-uri {state.get('tracking_uri')}")
+
+
+_ADDRESS = click.option("--address", default=None, metavar="HOST:PORT",
+                        help="Join this Ray cluster (e.g. 127.0.0.1:6379, or auto). Default: a local Ray on "
+                             "127.0.0.1, started and stopped for this run.")
+
+
+def _execute(cfg: Any, run_dir: Path, source: str, tracking_uri: str | None, address: str | None, resume: bool) -> None:
+    from fnatune.experiment import run_experiment
+
+    try:
+        result = run_experiment(cfg, run_dir, tracking_uri=tracking_uri, address=address, source=source, resume=resume)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; continue with: fnatune resume {run_dir}", err=True)
+        sys.exit(130)
+    except FnatuneError as e:
+        if not (run_dir / "run.json").exists():
+            raise
+        raise FnatuneError(f"{e}\n(the run directory is kept; after fixing the cause: fnatune resume {run_dir})") from None
+    _finish(run_dir, result)
 
 
 @main.command()
@@ -251,42 +275,35 @@ def _finish(run_dir: Path, result: dict[str, Any], uri: str | None) -> None:
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the run writes everything (default: runs/<name>-<time> under the working directory).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db).")
-def run(pipeline: Path, overrides: tuple[str, ...], run_dir: Path | None, tracking_uri: str | None) -> None:
-    """Run an adaptation pipeline: seed -> remap -> search -> derive -> remap -> fine-tune -> evaluate -> export."""
-    from fnatune.config import load_config
-    from fnatune.pipeline import execute
+@_ADDRESS
+def run(pipeline: Path, overrides: tuple[str, ...], run_dir: Path | None, tracking_uri: str | None,
+        address: str | None) -> None:
+    """Run an adaptation pipeline as Ray Tune trial(s): seed -> remap -> search -> derive -> remap -> fine-tune ->
+    evaluate -> export (once, per variant, or per sweep trial)."""
+    from fnatune.config import check_sweep_keys, load_config
 
     cfg = load_config(pipeline, list(overrides))
+    check_sweep_keys(cfg, str(pipeline))
     run_dir = run_dir or _default_run_dir(cfg.name)
     if (run_dir / "run.json").exists():
         raise FnatuneError(f"{run_dir} already holds a run; continue it with `fnatune resume {run_dir}` "
                            f"or choose another --run-dir")
     click.echo(f"fnatune run {pipeline} -> {run_dir}")
-    try:
-        result = execute(cfg, run_dir, tracking_uri, source=str(pipeline))
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; continue with: fnatune resume {run_dir}", err=True)
-        sys.exit(130)
-    except FnatuneError as e:
-        raise FnatuneError(f"{e}\n(the run directory is kept; after fixing the cause: fnatune resume {run_dir})") from None
-    _finish(run_dir, result, tracking_uri)
+    _execute(cfg, run_dir, str(pipeline), tracking_uri, address, resume=False)
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--tracking-uri", default=None, help="Override the tracking URI recorded in the run.")
-def resume(run_dir: Path, tracking_uri: str | None) -> None:
-    """Continue a killed or failed run: completed stages are skipped, the current one resumes its checkpoint."""
-    from fnatune.pipeline import execute, load_run
+@_ADDRESS
+def resume(run_dir: Path, tracking_uri: str | None, address: str | None) -> None:
+    """Continue a killed or failed run: Tune restores its experiment, finished trials and stages are kept,
+    the running ones continue from their last checkpoints."""
+    from fnatune.pipeline import load_run
 
     cfg = load_run(run_dir)
     click.echo(f"fnatune resume {run_dir}")
-    try:
-        result = execute(cfg, run_dir, tracking_uri, source=str(run_dir / "config.yaml"))
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; continue with: fnatune resume {run_dir}", err=True)
-        sys.exit(130)
-    _finish(run_dir, result, tracking_uri)
+    _execute(cfg, run_dir, str(run_dir / "config.yaml"), tracking_uri, address, resume=True)
 
 
 @main.command()
@@ -306,3 +323,7 @@ def ui(tracking_uri: str | None, host: str, port: int, print_command: bool) -> N
         return
     click.echo(f"MLflow UI on http://{host}:{port}  (Ctrl-C to stop)")
     raise SystemExit(subprocess.call(cmd))
+
+
+if __name__ == "__main__":
+    main()

@@ -137,6 +137,9 @@ class CostCfg(_Model):
     input: Size | None = None         # default: the space's task resolution (seg 1024x2048)
     lam: float = Field(0.02, ge=0, alias="lambda")
     log_base: float = Field(10.0, gt=1)
+    # Not FNA: a target cost (in the table's unit) turns the term into lambda * |log_tau(C / target)|, which
+    # pulls E[cost] towards the target from both sides. None (default) is FNA's lambda * log_tau(C).
+    target: float | None = Field(None, gt=0)
     device: str = "cpu"               # latency tables: device to time on
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     repeats: int = Field(10, ge=1)
@@ -242,6 +245,67 @@ class DetectorCfg(_Model):
     channels: int = Field(256, ge=8)                     # retinanet FPN and head width (the paper: 256)
 
 
+class ResourcesCfg(_Model):
+    """What one trial asks of the Ray cluster. ``workers`` > 1 runs the search and the fine-tune data-parallel
+    inside the trial (Ray Train; each worker gets ``cpu``/``gpu``, so the trial holds workers x that)."""
+
+    cpu: float | None = Field(None, gt=0)  # None: all CPUs of this machine for one run, 1 per trial in a sweep
+    gpu: float = Field(0.0, ge=0)
+    workers: int = Field(1, ge=1)
+
+
+class TuneCfg(_Model):
+    """How Ray Tune runs the trials: retries from the last checkpoint and how long a trial may wait for
+    resources before the run stops with a message (instead of waiting forever)."""
+
+    retries: int = Field(2, ge=0)
+    pending_timeout_s: float = Field(600.0, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class AshaCfg(_Model):
+    """Asynchronous successive halving over the search epochs (``metric`` as reported each epoch)."""
+
+    metric: str = "search_arch_task_loss"
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SweepCfg(_Model):
+    """Many trials of one pipeline. ``params`` maps dotted config keys to values: a list (grid: every
+    combination) or, for optuna, a distribution ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``,
+    ``{randint: [lo, hi]}`` (hi exclusive) or ``{choice: [...]}``."""
+
+    method: Literal["grid", "optuna"] = "grid"
+    params: dict[str, Any] = Field(min_length=1)
+    objectives: list[Literal["metric", "cost"]] = Field(default_factory=lambda: ["metric"], min_length=1, max_length=2)
+    metric: str | None = None          # default: the task's metric (seg mIoU, det bbox_mAP)
+    sampler: Literal["tpe", "nsga2"] | None = None  # default: tpe for one objective, nsga2 for two
+    num_samples: int = Field(4, ge=1)  # optuna: trials to draw (grid: ignored)
+    max_concurrent: int | None = Field(None, ge=1)
+    asha: AshaCfg | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _params(self) -> SweepCfg:
+        for key, spec in self.params.items():
+            if self.method == "grid" and not (isinstance(spec, list) and spec):
+                raise ValueError(f"params.{key}: a grid sweep needs a non-empty list of values, got {spec!r}")
+            if self.method == "optuna" and not (isinstance(spec, list) and spec) and not (
+                    isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS):
+                raise ValueError(f"params.{key}: expected a list of choices or one of "
+                                 f"{{{', '.join(f'{d}: [...]' for d in DISTRIBUTIONS)}}}, got {spec!r}")
+        if self.sampler == "tpe" and len(self.objectives) > 1:
+            raise ValueError("two objectives need sampler nsga2 (TPE here optimises one objective)")
+        if self.asha is not None and len(self.objectives) > 1:
+            raise ValueError("asha stops trials on one metric; it cannot be combined with two objectives")
+        return self
+
+
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+
+
 class VariantCfg(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     set: dict[str, Any] = Field(default_factory=dict)
@@ -267,6 +331,9 @@ class PipelineCfg(_Model):
     export: ExportCfg = Field(default_factory=ExportCfg)
     tracking: TrackingCfg = Field(default_factory=TrackingCfg)
     variants: list[VariantCfg] = Field(default_factory=list)
+    resources: ResourcesCfg = Field(default_factory=ResourcesCfg)
+    tune: TuneCfg = Field(default_factory=TuneCfg)
+    sweep: SweepCfg | None = None
 
     @field_validator("device")
     @classmethod
@@ -305,6 +372,8 @@ class PipelineCfg(_Model):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
+        if self.variants and self.sweep is not None:
+            raise ValueError("use either 'variants' (named ablations) or 'sweep', not both in one pipeline")
         return self
 
 
@@ -422,5 +491,26 @@ def flatten(cfg: PipelineCfg) -> dict[str, Any]:
         else:
             out[prefix] = node
 
-    walk("", cfg.model_dump(mode="json", by_alias=True, exclude={"variants"}))
+    walk("", cfg.model_dump(mode="json", by_alias=True, exclude={"variants", "sweep"}))
     return out
+
+
+def check_sweep_keys(cfg: PipelineCfg, source: str = "<config>") -> None:
+    """Every swept key must be a setting of the pipeline (named in the error when it is not), and every
+    value of a grid must give a valid config."""
+    if cfg.sweep is None:
+        return
+    known = flatten(cfg)
+    for key in cfg.sweep.params:
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.75)
+            hint = f"; did you mean {', '.join(close[:3])}?" if close else ""
+            raise ConfigError(f"{source}: sweep.params: '{key}' is not a key of the pipeline config{hint}")
+    if cfg.sweep.method == "grid":
+        raw = cfg.model_dump(mode="json", by_alias=True)
+        raw.pop("sweep")
+        for key, values in cfg.sweep.params.items():
+            for v in values:
+                validate(apply_overrides(raw, {key: v}), f"{source} (sweep.params.{key} = {v!r})")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,3 +44,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` atomically. Save only tensors and plain containers so ``weights_only`` loading works."""
     return _atomic(path, lambda f: torch.save(obj, f))
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock held for the block, shared by every process on this machine (and on a shared
+    filesystem that supports ``flock``): concurrent trials that generate the same dataset take turns, and
+    the second finds the first one's finished set."""
+    import fcntl
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -50,6 +50,16 @@ def eta(done: int, total: int, elapsed: float) -> str:
     return f"{int(left // 60)}m{int(left % 60):02d}s"
 
 
+class Reporter:
+    """Where a running trial sends its progress: metrics as they come (per search epoch, per fine-tune log
+    interval, per finished stage) and every checkpoint the stage loops write. :mod:`fnatune.tune` forwards
+    both to Ray Tune; a run outside Tune (a test, the overhead benchmark) keeps this no-op."""
+
+    def metrics(self, stage: str, metrics: dict[str, Any]) -> None: ...
+
+    def checkpoint(self, stage: str, path: Path, progress: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class StageHandle:
     name: str
@@ -75,6 +85,7 @@ class RunContext:
     parent_run: str
     progress: Progress
     cache: dict[str, Any] = field(default_factory=dict)  # objects shared between stages of one process
+    reporter: Reporter = field(default_factory=Reporter)
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir / "stages" / name
@@ -135,6 +146,7 @@ def run_stages(ctx: RunContext, stages: list[Stage]) -> dict[str, Any]:
                             "wall_clock_hours": record["hours"]})
         atomic_write_json(done, record)
         ctx.tracker.end_run(run_id)
+        ctx.reporter.metrics(name, {**record["metrics"], "hours": record["hours"]})
         ctx.progress(f"[{i + 1}/{len(stages)}] {name}: done in {record['hours'] * 3600:.1f} s", force=True)
         summary[name] = record
     return summary
@@ -155,8 +167,11 @@ def load_run(run_dir: Path) -> PipelineCfg:
 
 
 def execute(cfg: PipelineCfg, run_dir: Path, tracking_uri: str | None = None, progress: Progress | None = None,
-            source: str = "<config>", parent_id: str | None = None) -> dict[str, Any]:
-    """Run (or resume) a whole pipeline, its variants included, tracked under one parent run."""
+            source: str = "<config>", parent_id: str | None = None, reporter: Reporter | None = None,
+            run_name: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the stages of one pipeline in this process, tracked under one parent run (nested
+    under ``parent_id`` when given). This is the body of a Tune trial (:mod:`fnatune.tune`); called
+    directly it is the same run without Ray (tests, the overhead benchmark)."""
     from fnatune.stages import stages_for
 
     progress = progress or Progress()
@@ -167,24 +182,22 @@ def execute(cfg: PipelineCfg, run_dir: Path, tracking_uri: str | None = None, pr
     state["tracking_uri"] = tracker.uri
     parent = state.get("parent_run")
     if parent is None or not tracker.run_exists(parent):
-        parent = tracker.start_run(cfg.name, parent_id=parent_id, tags={"fnatune.run_dir": str(run_dir.resolve())})
+        parent = tracker.start_run(run_name or cfg.name, parent_id=parent_id,
+                                   tags={"fnatune.run_dir": str(run_dir.resolve())})
         tracker.log_params(parent, flatten(cfg))
         tracker.log_artifact(parent, run_dir / CONFIG)
     state["parent_run"] = parent
     atomic_write_json(run_dir / RUN_STATE, state)
-    ctx = RunContext(cfg, run_dir, tracker, parent, progress)
-    if cfg.variants:
-        from fnatune.ablation import run_variants
-
-        result = run_variants(ctx, tracking_uri=tracker.uri)
-    else:
-        result = run_stages(ctx, stages_for(cfg))
+    ctx = RunContext(cfg, run_dir, tracker, parent, progress, reporter=reporter or Reporter())
+    result = run_stages(ctx, stages_for(cfg))
     tracker.end_run(parent)
     return result
 
 
 def variant_config(cfg: PipelineCfg, overrides: dict[str, Any], name: str) -> PipelineCfg:
+    """The single-run config of one variant or sweep trial: ``cfg`` with ``overrides`` applied."""
     raw = cfg.model_dump(mode="json", by_alias=True)
     raw["variants"] = []
+    raw["sweep"] = None
     raw["name"] = f"{cfg.name}.{name}"
-    return validate(apply_overrides(raw, overrides), f"variant '{name}' of {cfg.name}")
+    return validate(apply_overrides(raw, overrides), f"trial '{name}' of {cfg.name}")

@@ -102,6 +102,7 @@ class SearchSettings:
     sample_temperature: float = 1.0   # path sampling softmax(alpha/T) in weight steps
     cost_lambda: float = 0.02
     log_base: float = 10.0
+    cost_target: float | None = None  # not FNA: lambda * |log_tau(C / target)| instead of lambda * log_tau(C)
     weight_optim: OptimSpec = field(default_factory=lambda: OptimSpec("sgd", 0.02, 0.9, 1e-4, grad_clip=35.0))
     arch_optim: OptimSpec = field(default_factory=lambda: OptimSpec(
         "adam", 3e-4, weight_decay=1e-3, betas=(0.5, 0.999), grad_clip=35.0))
@@ -171,7 +172,7 @@ class Searcher:
     def __init__(self, model: nn.Module, supernet: SuperNet, loss_fn: Callable[[Any], Tensor],
                  arch_stream: Any, weight_stream: Any, cost_table: Any, settings: SearchSettings,
                  workdir: str | Path, observer: SearchObserver | None = None,
-                 path_hook: Callable[[list[int]], list[int]] | None = None) -> None:
+                 path_hook: Callable[[list[int]], list[int]] | None = None, dp: Any = None) -> None:
         if not any(m is supernet for m in model.modules()):
             raise FnatuneError("the search model must contain the SuperNet it searches")
         self.model, self.supernet, self.loss_fn = model, supernet, loss_fn
@@ -179,7 +180,10 @@ class Searcher:
         self.cost, self.s = cost_table, settings
         self.workdir = Path(workdir)
         self.observer = observer or SearchObserver()
-        self.path_hook = path_hook  # data-parallel search: broadcast rank 0's path
+        self.dp = dp  # a fnatune.distributed.DataParallel: one path for all, averaged gradients
+        self.path_hook = path_hook or (dp.broadcast_path if dp is not None else None)
+        if dp is not None and not dp.is_main:
+            self.observer = SearchObserver()  # progress, tracking and Tune reports come from rank 0
         self.alphas = supernet.arch_parameters()
         arch_ids = {id(a) for a in self.alphas}
         self.weights = [p for p in model.parameters() if id(p) not in arch_ids]
@@ -202,6 +206,8 @@ class Searcher:
         return self.workdir / CHECKPOINT
 
     def save_checkpoint(self) -> Path:
+        if self.dp is not None and not self.dp.is_main:
+            return self._save_rank_state()
         state = {
             "format": "fnatune-search", "version": 1,
             "model": self.model.state_dict(),
@@ -212,7 +218,19 @@ class Searcher:
             "settings": _plain(asdict(self.s)),
         }
         path = atomic_torch_save(state, self.checkpoint_path)
+        if self.dp is not None:
+            self.dp.barrier()  # every rank's state of this step is on disk before anyone moves on
         self.observer.on_checkpoint(path, dict(self.progress))
+        return path
+
+    def _save_rank_state(self) -> Path:
+        """A worker other than rank 0 keeps only what differs from rank 0: its RNGs and its data shard's position."""
+        from fnatune.distributed import rank_file
+
+        path = atomic_torch_save({"rng": _rng_state(self.gen), "streams": {
+            "arch": self.arch_stream.state_dict(), "weight": self.weight_stream.state_dict()}},
+            rank_file(self.checkpoint_path, self.dp.rank))
+        self.dp.barrier()
         return path
 
     def load_checkpoint(self) -> bool:
@@ -229,6 +247,13 @@ class Searcher:
         self.arch_stream.load_state_dict(state["streams"]["arch"])
         self.weight_stream.load_state_dict(state["streams"]["weight"])
         _set_rng_state(state["rng"], self.gen)
+        if self.dp is not None and not self.dp.is_main:
+            from fnatune.distributed import rank_file
+
+            own = torch.load(rank_file(self.checkpoint_path, self.dp.rank), map_location="cpu", weights_only=True)
+            self.arch_stream.load_state_dict(own["streams"]["arch"])
+            self.weight_stream.load_state_dict(own["streams"]["weight"])
+            _set_rng_state(own["rng"], self.gen)
         return True
 
     # ------------------------------------------------------------------------------ steps
@@ -243,7 +268,10 @@ class Searcher:
             a.requires_grad_(not weights)
 
     def _check(self, loss: Tensor, kind: str) -> None:
-        if not torch.isfinite(loss.detach()).all():
+        ok = bool(torch.isfinite(loss.detach()).all())
+        if self.dp is not None:
+            ok = self.dp.all_ok(ok)  # all ranks stop together
+        if not ok:
             last = self.checkpoint_path if self.checkpoint_path.exists() else "none yet"
             raise NonFiniteLossError(
                 f"non-finite {kind} loss ({float(loss.detach())}) at step {self.progress['step']} "
@@ -255,12 +283,16 @@ class Searcher:
         if self.path_hook is not None:
             path = self.path_hook(path)
         self.supernet.use_path(path)
+        if self.dp is not None:
+            self.dp.broadcast_buffers(self.model)
         lr = self.schedule.lr_at(self.progress["weight_iter"])
         set_lr(self.weight_opt, lr)
         loss = self.loss_fn(self.weight_stream.next())
         self._check(loss, "weight")
         self.weight_opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dp is not None:
+            self.dp.average_grads(self.weights)
         if self.s.weight_optim.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in self.weights if p.grad is not None], self.s.weight_optim.grad_clip)
         self.weight_opt.step()
@@ -271,12 +303,16 @@ class Searcher:
     def arch_step(self) -> dict[str, float]:
         self._require(weights=False)
         self.supernet.use_mixed(self.s.temperature)
+        if self.dp is not None:
+            self.dp.broadcast_buffers(self.model)
         task = self.loss_fn(self.arch_stream.next())
         cost = self.cost.expected(self.alphas, self.s.temperature)
-        loss = task + self.s.cost_lambda * torch.log(cost) / math.log(self.s.log_base)
+        loss = task + self.s.cost_lambda * self.cost_term(cost)
         self._check(loss, "arch")
         self.arch_opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dp is not None:
+            self.dp.average_grads(self.alphas)
         if self.s.arch_optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.alphas, self.s.arch_optim.grad_clip)
         self.arch_opt.step()
@@ -284,6 +320,12 @@ class Searcher:
         self.progress["arch_iter"] += 1
         return {"arch_loss": float(loss.detach()), "arch_task_loss": float(task.detach()),
                 "expected_cost": float(cost.detach())}
+
+    def cost_term(self, cost: Tensor) -> Tensor:
+        """log_tau(C) (FNA_SPEC §5.3), or |log_tau(C / target)| when a target cost is set."""
+        if self.s.cost_target is None:
+            return torch.log(cost) / math.log(self.s.log_base)
+        return (torch.log(cost / self.s.cost_target) / math.log(self.s.log_base)).abs()
 
     # ------------------------------------------------------------------------------ loop
     def run(self, max_steps: int | None = None) -> SearchResult | None:
@@ -339,8 +381,9 @@ class Searcher:
         probs = [p.tolist() for p in probs_t]
         self.history.append({"epoch": pr["epoch"], "metrics": metrics, "probabilities": probs,
                              "arch": arch.block_string()})
-        atomic_write_json(self.workdir / "alpha_history.json", self.history)
-        arch.save(self.workdir / "arch.json")
+        if self.dp is None or self.dp.is_main:
+            atomic_write_json(self.workdir / "alpha_history.json", self.history)
+            arch.save(self.workdir / "arch.json")
         self.observer.on_epoch(pr["epoch"], metrics, probs, arch)
         pr["epoch"] += 1
         pr["w_in_epoch"] = 0

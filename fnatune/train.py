@@ -52,17 +52,21 @@ class TrainObserver:
 
     def on_log(self, it: int, metrics: dict[str, float]) -> None: ...
 
+    def on_checkpoint(self, path: Path, progress: dict[str, Any]) -> None: ...
+
 
 class Trainer:
     """Runs (or resumes) ``settings.iters`` iterations of ``loss_fn`` over ``stream`` in ``workdir``."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Any], Tensor], stream: Any, settings: TrainSettings,
                  workdir: str | Path, observer: TrainObserver | None = None,
-                 evaluate: Callable[[], dict[str, float]] | None = None) -> None:
+                 evaluate: Callable[[], dict[str, float]] | None = None, dp: Any = None) -> None:
         self.model, self.loss_fn, self.stream, self.s = model, loss_fn, stream, settings
         self.workdir = Path(workdir)
-        self.observer = observer or TrainObserver()
-        self.evaluate = evaluate
+        self.dp = dp  # a fnatune.distributed.DataParallel: averaged gradients, rank 0's buffers and checkpoints
+        main = dp is None or dp.is_main
+        self.observer = (observer or TrainObserver()) if main else TrainObserver()
+        self.evaluate = evaluate if main else None
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = build_optimizer(params, settings.optim)
         self.schedule = LRSchedule(settings.optim.lr, settings.iters, settings.policy, settings.warmup_iters,
@@ -78,11 +82,22 @@ class Trainer:
         return self.workdir / CHECKPOINT
 
     def save_checkpoint(self) -> Path:
-        return atomic_torch_save({
+        if self.dp is not None and not self.dp.is_main:
+            from fnatune.distributed import rank_file
+
+            path = atomic_torch_save({"rng": _rng_state(self.gen), "stream": self.stream.state_dict()},
+                                     rank_file(self.checkpoint_path, self.dp.rank))
+            self.dp.barrier()
+            return path
+        path = atomic_torch_save({
             "format": "fnatune-train", "version": 1, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "it": self.it, "acc": dict(self.acc), "log": self.log, "rng": _rng_state(self.gen),
             "stream": self.stream.state_dict(),
         }, self.checkpoint_path)
+        if self.dp is not None:
+            self.dp.barrier()
+        self.observer.on_checkpoint(path, {"it": self.it, "iters": self.s.iters})
+        return path
 
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.exists():
@@ -95,6 +110,12 @@ class Trainer:
         self.it, self.acc, self.log = int(state["it"]), dict(state["acc"]), list(state["log"])
         self.stream.load_state_dict(state["stream"])
         _set_rng_state(state["rng"], self.gen)
+        if self.dp is not None and not self.dp.is_main:
+            from fnatune.distributed import rank_file
+
+            own = torch.load(rank_file(self.checkpoint_path, self.dp.rank), map_location="cpu", weights_only=True)
+            self.stream.load_state_dict(own["stream"])
+            _set_rng_state(own["rng"], self.gen)
         return True
 
     def _autocast(self) -> Any:
@@ -106,9 +127,14 @@ class Trainer:
     def step(self) -> float:
         lr = self.schedule.lr_at(self.it)
         set_lr(self.opt, lr)
+        if self.dp is not None:
+            self.dp.broadcast_buffers(self.model)
         with self._autocast():
             loss = self.loss_fn(self.stream.next())
-        if not torch.isfinite(loss.detach()).all():
+        ok = bool(torch.isfinite(loss.detach()).all())
+        if self.dp is not None:
+            ok = self.dp.all_ok(ok)
+        if not ok:
             last = self.checkpoint_path if self.checkpoint_path.exists() else "none yet"
             raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at iteration {self.it}; "
                                      f"training stopped; last good checkpoint: {last}")
@@ -118,6 +144,8 @@ class Trainer:
             self.scaler.unscale_(self.opt)
         else:
             loss.backward()
+        if self.dp is not None:
+            self.dp.average_grads(p for g in self.opt.param_groups for p in g["params"])
         if self.s.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"] if p.grad is not None],
                                            self.s.optim.grad_clip)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fnatune.config import ConfigError, load_config, load_raw
+from fnatune.config import ConfigError, check_sweep_keys, load_config, load_raw, validate
 from fnatune.pipeline import variant_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +21,30 @@ def test_shipped_pipelines_validate() -> None:
     for p in sorted((ROOT / "pipelines").rglob("*.yaml")):
         if p.name.startswith("_"):  # partial bases (shared sections), not pipelines
             continue
-        names.append(load_config(p).name)
-    assert {"fna-seg-cityscapes", "fna-retinanet-coco", "fna-ssdlite-coco", "tiny-det", "tiny-ssdlite"} <= set(names)
+        cfg = load_config(p)
+        check_sweep_keys(cfg, str(p))
+        names.append(cfg.name)
+    assert {"fna-seg-cityscapes", "fna-retinanet-coco", "fna-ssdlite-coco", "tiny-det", "tiny-ssdlite",
+            "tiny-seg-sweep", "fna-retinanet-sweep"} <= set(names)
+
+
+def test_sweep_section_is_checked_with_the_key_named() -> None:
+    base = {"name": "s", "sweep": {"method": "grid", "params": {"search.cost.lambda": [0.1, 0.2]}}}
+    cfg = validate(base)
+    check_sweep_keys(cfg)
+    with pytest.raises(ConfigError, match=r"'search.temprature' is not a key .* did you mean search.temperature"):
+        check_sweep_keys(validate({**base, "sweep": {"params": {"search.temprature": [1.0]}}}))
+    with pytest.raises(ConfigError, match=r"(?s)sweep.params.search.warmup_epochs = 20\).*exceeds epochs \(14\)"):
+        check_sweep_keys(validate({**base, "sweep": {"params": {"search.warmup_epochs": [2, 20]}}}))
+    with pytest.raises(ConfigError, match="a grid sweep needs a non-empty list"):
+        validate({**base, "sweep": {"params": {"search.epochs": 3}}})
+    with pytest.raises(ConfigError, match="expected a list of choices or one of"):
+        validate({**base, "sweep": {"method": "optuna", "params": {"search.epochs": {"normal": [1, 2]}}}})
+    with pytest.raises(ConfigError, match="two objectives need sampler nsga2"):
+        validate({**base, "sweep": {"method": "optuna", "sampler": "tpe", "objectives": ["metric", "cost"],
+                                    "params": {"search.temperature": {"uniform": [0.5, 2]}}}})
+    with pytest.raises(ConfigError, match="either 'variants'"):
+        validate({**base, "variants": [{"name": "a"}]})
 
 
 def test_det_recipes_follow_the_paper() -> None:

@@ -58,3 +58,22 @@ def test_classification_set_is_an_image_folder(tmp_path: Path) -> None:
     root = generate_classification(tmp_path / "cls", num_classes=4, per_class_train=3, per_class_val=1, size=32)
     ds = ImageFolder(str(root / "train"))
     assert len(ds) == 12 and len(ds.classes) == 4
+
+
+def test_stream_leaves_the_global_torch_rng_alone() -> None:
+    """Opening a pass must not draw from the global RNG (dropout uses it): otherwise a run resumed in the
+    middle of a pass sees other dropout masks than the run that was not interrupted."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from fnatune.data import BatchStream
+
+    ds = TensorDataset(torch.arange(10.0))
+    stream = BatchStream(ds, 3, seed=4)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    batches = [stream.next()[0].tolist() for _ in range(5)]  # crosses into a second pass
+    assert torch.equal(torch.get_rng_state(), before)
+    resumed = BatchStream(ds, 3, seed=4)
+    resumed.load_state_dict({"pass": 1, "offset": 1})
+    assert resumed.next()[0].tolist() == batches[4]

@@ -87,8 +87,12 @@ class BatchStream:
 
     def _open(self) -> None:
         batches = self._batches(self.pass_index)[self.offset:]
+        # A generator of its own: a DataLoader draws its base seed from the *global* torch RNG when its
+        # iterator is created, which would make the global RNG (dropout) depend on when a pass was opened,
+        # and a run resumed mid-pass would see other dropout masks than the uninterrupted run.
         self._it = iter(DataLoader(_SeededItems(self.dataset, self.seed), batch_sampler=batches,
-                                   collate_fn=self.collate_fn, num_workers=self.num_workers))
+                                   collate_fn=self.collate_fn, num_workers=self.num_workers,
+                                   generator=torch.Generator().manual_seed(_mix(self.seed, self.pass_index, 11))))
 
     def next(self) -> Any:
         if self._it is None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fnatune.mm import collate, feed_metric, loss_fn, require  # noqa: F401  (re-exported)
+from fnatune.mm import collate, feed_metric, loss_fn, quiet_logger, require  # noqa: F401  (re-exported)
 
 # mmseg 1.2 warns on every model build about its own internals (build_loss, align_corners hints)
 warnings.filterwarnings("ignore", message=".*build_loss.*", category=UserWarning)
@@ -127,4 +127,5 @@ def evaluate(model: nn.Module, dataset: Any, max_images: int | None = None) -> d
     metric = IoUMetric(iou_metrics=["mIoU"], prefix="val")
     metric.dataset_meta = dataset.metainfo
     feed_metric(model, dataset, metric, len(dataset) if max_images is None else min(max_images, len(dataset)))
-    return {k: float(v) for k, v in metric.compute_metrics(metric.results).items()}
+    with quiet_logger():  # the per-class table: the numbers come back as metrics
+        return {k: float(v) for k, v in metric.compute_metrics(metric.results).items()}

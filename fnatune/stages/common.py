@@ -73,6 +73,16 @@ def _pretrain_key(ctx: RunContext) -> str:
 
 def pretrained_seed(ctx: RunContext, st: StageHandle) -> tuple[Seed, dict[str, float]]:
     """Train the seed's classifier on a generated ImageFolder set; reuse a cached result if present."""
+    pc = ctx.cfg.pretrain
+    cache_root = Path(pc.cache_dir or Path(os.environ.get("FNATUNE_CACHE", Path.home() / ".cache" / "fnatune")))
+    cached = cache_root / "pretrain" / f"{ctx.cfg.seed_net.name}-{_pretrain_key(ctx)}.pt"
+    from fnatune.io import file_lock
+
+    with file_lock(str(cached) + ".lock"):  # concurrent trials: one pretrains, the others read its result
+        return _pretrain_or_read(ctx, st, cached)
+
+
+def _pretrain_or_read(ctx: RunContext, st: StageHandle, cached: Path) -> tuple[Seed, dict[str, float]]:
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
@@ -84,8 +94,6 @@ def pretrained_seed(ctx: RunContext, st: StageHandle) -> tuple[Seed, dict[str, f
     from fnatune.train import Trainer, TrainObserver, TrainSettings
 
     pc = ctx.cfg.pretrain
-    cache_root = Path(pc.cache_dir or Path(os.environ.get("FNATUNE_CACHE", Path.home() / ".cache" / "fnatune")))
-    cached = cache_root / "pretrain" / f"{ctx.cfg.seed_net.name}-{_pretrain_key(ctx)}.pt"
     if cached.exists():
         seed = read_seed(cached)
         ctx.progress(f"  seed: pretrained seed read from cache {cached}", force=True)

@@ -32,7 +32,12 @@ class DetBackend(TaskBackend):
         d = self.cfg.data
         if d.generate is not None:
             g = d.generate
-            generate_coco(d.root, g.num_train, g.num_val, g.size, g.seed, g.max_objects)
+            from pathlib import Path
+
+            from fnatune.io import file_lock
+
+            with file_lock(str(Path(d.root).resolve()) + ".lock"):  # trials of a sweep share the folder
+                generate_coco(d.root, g.num_train, g.num_val, g.size, g.seed, g.max_objects)
         metrics: dict[str, float] = {}
         for split in ("train", "val"):
             info = check_coco(d.root, split, d.num_classes, check_files=d.check_labels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,14 +36,28 @@ def stage_data(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     return {"outputs": {}, "metrics": backend(ctx).prepare()}
 
 
-def _search_streams(ctx: RunContext) -> tuple[Any, Any]:
+def _stream(ctx: RunContext, ds: Any, batch_size: int, seed: int, dp: Any) -> Any:
+    """A batch stream; data-parallel: this worker's shard, with the global batch split over the workers."""
     from fnatune.data import BatchStream
 
-    b, s = backend(ctx), ctx.cfg.search
-    arch_ds, weight_ds = b.search_sets()
-    nw = ctx.cfg.data.num_workers
-    return (BatchStream(arch_ds, s.batch_size, b.collate, seed=ctx.cfg.seed * 2 + 1, num_workers=nw),
-            BatchStream(weight_ds, s.batch_size, b.collate, seed=ctx.cfg.seed * 2 + 2, num_workers=nw))
+    b = backend(ctx)
+    if dp is not None:
+        from fnatune.distributed import shard
+
+        if batch_size % dp.world:
+            from fnatune.errors import FnatuneError
+
+            raise FnatuneError(f"batch size {batch_size} does not split over resources.workers={dp.world}; "
+                               f"use a multiple of {dp.world}")
+        ds, batch_size, seed = shard(ds, dp.rank, dp.world), batch_size // dp.world, seed + 7919 * dp.rank
+    return BatchStream(ds, batch_size, b.collate, seed=seed, num_workers=ctx.cfg.data.num_workers)
+
+
+def _search_streams(ctx: RunContext, dp: Any = None) -> tuple[Any, Any]:
+    s = ctx.cfg.search
+    arch_ds, weight_ds = backend(ctx).search_sets()
+    return (_stream(ctx, arch_ds, s.batch_size, ctx.cfg.seed * 2 + 1, dp),
+            _stream(ctx, weight_ds, s.batch_size, ctx.cfg.seed * 2 + 2, dp))
 
 
 def _cost_table(ctx: RunContext, supernet: Any) -> Any:
@@ -65,6 +80,10 @@ def _space_arch(ctx: RunContext) -> Arch:
 
 
 def stage_search(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
+    return _maybe_data_parallel(ctx, st, "search")
+
+
+def _search(ctx: RunContext, st: StageHandle, dp: Any = None) -> dict[str, Any]:
     from fnatune.nets import SuperNet
     from fnatune.search import LRSpec, OptimSpec, Searcher, SearchObserver, SearchSettings
     from fnatune.viz import alpha_heatmap
@@ -77,9 +96,10 @@ def stage_search(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     supernet.load_state_dict(torch.load(ctx.path("supernet", "weights"), map_location="cpu", weights_only=True))
     table = _cost_table(ctx, supernet)
     model.to(dev)
-    arch_stream, weight_stream = _search_streams(ctx)
-    atomic_write_json(st.dir / "cost_table.json", table.to_dict())
-    st.log_artifact(st.dir / "cost_table.json")
+    arch_stream, weight_stream = _search_streams(ctx, dp)
+    if dp is None or dp.is_main:
+        atomic_write_json(st.dir / "cost_table.json", table.to_dict())
+        st.log_artifact(st.dir / "cost_table.json")
 
     def opt(o: Any) -> OptimSpec:
         return OptimSpec(o.name, o.lr, o.momentum, o.weight_decay, tuple(o.betas), o.eps, o.grad_clip)
@@ -89,7 +109,7 @@ def stage_search(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     settings = SearchSettings(
         epochs=s.epochs, warmup_epochs=s.warmup_epochs, steps_per_epoch=steps, arch_steps=s.arch_steps,
         weight_steps=s.weight_steps, temperature=s.temperature, sample_temperature=s.sample_temperature,
-        cost_lambda=s.cost.lam, log_base=s.cost.log_base, weight_optim=opt(s.weight_optim),
+        cost_lambda=s.cost.lam, log_base=s.cost.log_base, cost_target=s.cost.target, weight_optim=opt(s.weight_optim),
         arch_optim=opt(s.arch_optim),
         weight_lr=LRSpec(lr.policy, list(lr.milestones), lr.gamma, lr.power, lr.warmup_iters, lr.warmup_ratio),
         checkpoint_every=s.checkpoint_every, seed=ctx.cfg.seed)
@@ -112,13 +132,19 @@ def stage_search(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
             atomic_write_json(path, {"epoch": epoch, "probabilities": probabilities, "arch": arch.block_string()})
             st.log_artifact(path, "alpha")
             st.tracker.set_tags(st.run_id, {"derived_arch": arch.block_string()})
+            ctx.reporter.metrics("search", {"epoch": epoch + 1, **metrics})
             ctx.progress(f"  search epoch {epoch + 1}: derived {arch.block_string()} "
                          f"(E[cost] {metrics['expected_cost']:.3f} {table.unit}, alpha entropy "
                          f"{metrics['alpha_entropy']:.3f})", force=True)
 
+        def on_checkpoint(self, path: Path, progress: dict[str, Any]) -> None:
+            ctx.reporter.checkpoint("search", path, progress)
+
     result = Searcher(model, supernet, b.loss_fn(model), arch_stream, weight_stream, table, settings, st.dir / "work",
-                      Obs()).run()
+                      Obs(), dp=dp).run()
     assert result is not None
+    if dp is not None and not dp.is_main:
+        return {}
     sup_path = atomic_torch_save(supernet.state_dict(), st.dir / "supernet.pt")
     result.arch.save(st.dir / "arch.json")
     shutil.copyfile(st.dir / "arch.json", ctx.run_dir / "arch.json")
@@ -157,7 +183,10 @@ def target_model(ctx: RunContext, weights: Any) -> tuple[Any, Arch]:
 
 
 def stage_finetune(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
-    from fnatune.data import BatchStream
+    return _maybe_data_parallel(ctx, st, "finetune")
+
+
+def _finetune(ctx: RunContext, st: StageHandle, dp: Any = None) -> dict[str, Any]:
     from fnatune.search import OptimSpec
     from fnatune.train import Trainer, TrainObserver, TrainSettings
 
@@ -181,10 +210,16 @@ def stage_finetune(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
 
         def on_log(self, it: int, metrics: dict[str, float]) -> None:
             st.log_metrics(metrics, it)
+            ctx.reporter.metrics("finetune", {"it": it, **metrics})
 
-    stream = BatchStream(ds, f.batch_size, b.collate, seed=ctx.cfg.seed * 2 + 3, num_workers=ctx.cfg.data.num_workers)
+        def on_checkpoint(self, path: Path, progress: dict[str, Any]) -> None:
+            ctx.reporter.checkpoint("finetune", path, progress)
+
+    stream = _stream(ctx, ds, f.batch_size, ctx.cfg.seed * 2 + 3, dp)
     evaluate = (lambda: b.evaluate(model, val)) if f.eval_every else None
-    Trainer(model, b.loss_fn(model), stream, settings, st.dir / "work", Obs(), evaluate).run()
+    Trainer(model, b.loss_fn(model), stream, settings, st.dir / "work", Obs(), evaluate, dp=dp).run()
+    if dp is not None and not dp.is_main:
+        return {}
     model_path = atomic_torch_save(model.state_dict(), st.dir / "model.pt")
     bb_path = atomic_torch_save(model.backbone.net.state_dict(), st.dir / "backbone.pt")
     (st.dir / "work" / "checkpoint.pt").unlink(missing_ok=True)
@@ -203,3 +238,44 @@ def stage_evaluate(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     st.tracker.log_metrics(ctx.parent_run, dict(metrics))
     ctx.progress(f"  evaluate: {json.dumps({k: round(v, 2) for k, v in metrics.items()})}", force=True)
     return {"outputs": {"metrics": rel(ctx, st.dir / "metrics.json")}, "metrics": metrics}
+
+
+# ------------------------------------------------------------------------------------------ data parallel
+_CORES = {"search": _search, "finetune": _finetune}
+
+
+def _maybe_data_parallel(ctx: RunContext, st: StageHandle, stage: str) -> dict[str, Any]:
+    """Run a learning stage here, or over ``resources.workers`` data-parallel workers (Ray Train). The
+    workers resume from the stage's checkpoint like a single process; rank 0 writes the outputs."""
+    r = ctx.cfg.resources
+    if r.workers <= 1:
+        return _CORES[stage](ctx, st)
+    from fnatune import tune as fnatune_tune
+
+    result_path = st.dir / "dp_result.json"
+    result_path.unlink(missing_ok=True)
+    payload = {"stage": stage, "cfg": ctx.cfg.model_dump(mode="json", by_alias=True), "run_dir": str(ctx.run_dir),
+               "uri": ctx.tracker.uri, "enabled": ctx.cfg.tracking.enabled, "experiment": ctx.cfg.tracking.experiment,
+               "parent": ctx.parent_run, "run_id": st.run_id}
+    ctx.progress(f"  {stage}: data-parallel over {r.workers} workers", force=True)
+    fnatune_tune.data_parallel(dp_stage_worker, payload, r, ctx.run_dir / "tune" / f"dp-{stage}")
+    return json.loads(result_path.read_text())
+
+
+def dp_stage_worker(payload: dict[str, Any]) -> None:
+    """The body of one data-parallel worker (every rank): rebuild the run's context, run the stage's core."""
+    from fnatune.config import validate
+    from fnatune.distributed import current
+    from fnatune.pipeline import Progress
+    from fnatune.tracking import NullTracker, make_tracker
+
+    dp = current()
+    main = dp is None or dp.is_main
+    cfg = validate(payload["cfg"], "data-parallel worker config")
+    tracker = make_tracker(payload["uri"], payload["experiment"], payload["enabled"]) if main else NullTracker()
+    run_dir = Path(payload["run_dir"])
+    ctx = RunContext(cfg, run_dir, tracker, payload["parent"], Progress() if main else Progress(lambda _: None))
+    st = StageHandle(payload["stage"], ctx.stage_dir(payload["stage"]), payload["run_id"], tracker)
+    result = _CORES[payload["stage"]](ctx, st, dp)
+    if main:
+        atomic_write_json(st.dir / "dp_result.json", result)

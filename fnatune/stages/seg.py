@@ -32,7 +32,10 @@ class SegBackend(TaskBackend):
         d = self.cfg.data
         if d.generate is not None:
             g = d.generate
-            generate_cityscapes(d.root, g.num_train, g.num_val, g.size, g.seed)
+            from fnatune.io import file_lock
+
+            with file_lock(str(Path(d.root).resolve()) + ".lock"):  # trials of a sweep share the folder
+                generate_cityscapes(d.root, g.num_train, g.num_val, g.size, g.seed)
         metrics = {}
         for split in ("train", "val"):
             if d.check_labels:

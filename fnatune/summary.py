@@ -1,0 +1,145 @@
+"""The end of a multi-trial run: one row per trial, a markdown table, and for sweeps the Pareto front of
+task metric (higher is better) against whole-network cost (lower is better) as a table and a plot, all
+written into the run directory and logged on the experiment's parent MLflow run."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fnatune.config import PipelineCfg
+from fnatune.io import atomic_write_json, atomic_write_text
+from fnatune.pipeline import _state
+
+
+def _trial_row(tdir: Path) -> dict[str, Any]:
+    def done(stage: str) -> dict[str, Any]:
+        p = tdir / "stages" / stage / "done.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    ev, ex = done("evaluate").get("metrics", {}), done("export").get("metrics", {})
+    arch = json.loads((tdir / "arch.json").read_text()) if (tdir / "arch.json").exists() else None
+    from fnatune.arch import Arch
+
+    hours = sum(json.loads(p.read_text()).get("hours", 0.0) for p in tdir.glob("stages/*/done.json"))
+    return {"metrics": ev, "params_M": (ex.get("params") or 0) / 1e6 or None,
+            "madds_B": (ex.get("madds_paper_resolution") or 0) / 1e9 or None, "hours": hours,
+            "arch": Arch.from_dict(arch).block_string() if arch and ex else "", "complete": bool(ex)}
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (metric, cost) that no other point beats: metric >= and cost <=, one strictly.
+    Sorted by cost."""
+    front = []
+    for i, (m, c) in enumerate(points):
+        dominated = any((m2 >= m and c2 <= c) and (m2 > m or c2 < c) for j, (m2, c2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
+
+
+def _f(v: Any, fmt: str = ".2f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def variants_table(rows: list[dict[str, Any]], metric: str) -> str:
+    head = f"| variant | overrides | {metric} | params (M) | MAdds (B) | hours | status |\n|---|---|---|---|---|---|---|\n"
+    return head + "".join(
+        f"| {r['name']} | {', '.join(f'{k}={v}' for k, v in r['set'].items()) or '(defaults)'} | "
+        f"{_f(r['metrics'].get(metric))} | {_f(r['params_M'], '.3f')} | {_f(r['madds_B'])} | {r['hours']:.4f} | "
+        f"{r['status']} |\n" for r in rows)
+
+
+def sweep_table(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> str:
+    cols = [k.rsplit(".", 1)[-1] for k in keys]
+    head = (f"| trial | {' | '.join(cols)} | {metric} | MAdds (B) | Pareto | status | arch |\n"
+            f"|---|{'---|' * len(cols)}---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r['name']} | {' | '.join(str(r['set'].get(k)) for k in keys)} | {_f(r['metrics'].get(metric))} | "
+        f"{_f(r['madds_B'])} | {'*' if r.get('pareto') else ''} | {r['status']} | {r['arch']} |\n" for r in rows)
+
+
+def pareto_plot(rows: list[dict[str, Any]], metric: str, out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    done = [r for r in rows if r["madds_B"] is not None and r["metrics"].get(metric) is not None]
+    ax.scatter([r["madds_B"] for r in done], [r["metrics"][metric] for r in done], c="#999999", label="trials")
+    front = sorted((r for r in done if r.get("pareto")), key=lambda r: r["madds_B"])
+    ax.plot([r["madds_B"] for r in front], [r["metrics"][metric] for r in front], "o-", c="#d62728", label="Pareto front")
+    for r in done:
+        ax.annotate(r["name"].split(" ")[0][-5:], (r["madds_B"], r["metrics"][metric]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("whole-network MAdds (B) at the paper's resolution")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def summarise(cfg: PipelineCfg, run_dir: Path, results: list[dict[str, Any]], tracker: Any, parent: str) -> dict[str, Any]:
+    """Rows for every trial of a variants or sweep run, the tables and (sweeps) the Pareto front."""
+    from fnatune.experiment import task_metric
+
+    metric = task_metric(cfg)
+    rows: list[dict[str, Any]] = []
+    if cfg.sweep is None:
+        errors = {r["config"].get("variant"): r["error"] for r in results}
+        from fnatune.experiment import trial_error
+
+        for v in cfg.variants:
+            tdir = run_dir / "variants" / v.name
+            row = {"name": v.name, "set": v.set, **_trial_row(tdir)}
+            why = trial_error(tdir) or errors.get(v.name) or "incomplete"
+            row["status"] = "done" if row["complete"] else f"failed: {why}"
+            rows.append(row)
+        table = variants_table(rows, metric)
+        name = "ablation_summary"
+    else:
+        from fnatune.experiment import trial_error
+
+        keys = list(cfg.sweep.params)
+        for r in sorted(results, key=lambda r: r["trial_id"]):
+            tdir = run_dir / "trials" / r["trial_id"]
+            r["error"] = trial_error(tdir) or r["error"]
+            row = {"name": r["trial_id"], "set": {k: r["config"].get(k) for k in keys}, **_trial_row(tdir)}
+            row["status"] = "done" if row["complete"] else (f"failed: {r['error']}" if r["error"] else "stopped early")
+            if not row["complete"]:
+                _close_trial_run(tracker, tdir, "FAILED" if r["error"] else "KILLED", row["status"])
+            rows.append(row)
+        ok = [i for i, r in enumerate(rows) if r["complete"] and r["metrics"].get(metric) is not None]
+        for i in pareto_front([(rows[j]["metrics"][metric], rows[j]["madds_B"]) for j in ok]):
+            rows[ok[i]]["pareto"] = True
+        table = sweep_table(rows, metric, keys)
+        name = "sweep_summary"
+        front = [r for r in rows if r.get("pareto")]
+        if front:
+            front_table = sweep_table(sorted(front, key=lambda r: r["madds_B"]), metric, keys)
+            atomic_write_text(run_dir / "pareto_front.md", front_table)
+            plot = pareto_plot(rows, metric, run_dir / "pareto_front.png",
+                               f"{cfg.name}: {metric} vs cost, {len(ok)} finished trials")
+            for p in (run_dir / "pareto_front.md", plot):
+                tracker.log_artifact(parent, p)
+            tracker.log_metrics(parent, {"pareto_size": float(len(front)),
+                                         f"best_{metric}": max(r["metrics"][metric] for r in front)})
+    atomic_write_text(run_dir / f"{name}.md", table)
+    atomic_write_json(run_dir / f"{name}.json", rows)
+    tracker.log_artifact(parent, run_dir / f"{name}.md")
+    tracker.log_artifact(parent, run_dir / f"{name}.json")
+    return {"rows": rows, "table": table, "metric": metric}
+
+
+def _close_trial_run(tracker: Any, tdir: Path, status: str, why: str) -> None:
+    run_id = _state(tdir).get("parent_run") if tdir.exists() else None
+    if run_id and tracker.run_exists(run_id):
+        tracker.set_tags(run_id, {"fnatune.outcome": why[:250]})
+        tracker.end_run(run_id, status)

@@ -1,0 +1,239 @@
+"""Ray Tune orchestration: runs as trials on a local Ray (127.0.0.1 only), a sweep across a 2-node
+cluster with every trial nested in MLflow, retries from Tune's checkpoint, kill + resume to the same
+architecture, and the bad-input messages. One micro pipeline (the tiny seg flow at 64 px) throughout."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+pytest.importorskip("ray")
+pytest.importorskip("mmseg")
+
+from fnatune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = {
+    "_base_": str(ROOT / "pipelines/tiny/seg.yaml"),
+    "name": "micro",
+    "pretrain": {"iters": 20, "per_class_train": 8, "per_class_val": 2},
+    "data": {"root": "data/micro_cityscapes", "generate": {"num_train": 8, "num_val": 2, "size": [64, 128]}},
+    "search": {"epochs": 6, "warmup_epochs": 2, "steps_per_epoch": 4, "augment": {"crop": [64, 64]},
+               "checkpoint_every": 2},
+    "finetune": {"iters": 6, "log_every": 3, "checkpoint_every": 3, "augment": {"crop": [64, 64]}},
+    "export": {"input": [64, 128], "onnx": False},
+    "resources": {"cpu": 1},
+}
+
+
+def _micro(tmp: Path, extra: dict | None = None, name: str = "micro.yaml") -> Path:
+    from fnatune.config import deep_merge
+
+    p = tmp / name
+    p.write_text(yaml.safe_dump(deep_merge(MICRO, extra or {})))
+    return p
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One working directory (data, seed cache) for the module; each test has its own runs and store."""
+    return tmp_path_factory.mktemp("tune")
+
+
+@pytest.fixture(scope="module")
+def baseline_arch(workdir: Path) -> dict:
+    """The micro pipeline run directly in this process (no Ray), with the trial's single thread."""
+    import torch
+
+    from fnatune.config import load_config
+    from fnatune.pipeline import Progress, execute
+
+    old, cwd = torch.get_num_threads(), os.getcwd()
+    os.environ["FNATUNE_CACHE"] = str(workdir / "cache")
+    os.chdir(workdir)
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config(_micro(workdir), ["tracking.enabled=false"])
+        execute(cfg, workdir / "direct", progress=Progress(lambda _: None))
+    finally:
+        torch.set_num_threads(old)
+        os.chdir(cwd)
+    return json.loads((workdir / "direct/arch.json").read_text())
+
+
+@pytest.fixture
+def in_workdir(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("FNATUNE_CACHE", str(workdir / "cache"))
+    return workdir
+
+
+def _client(uri: str):  # type: ignore[no-untyped-def]
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_run_is_a_tune_trial_that_retries_from_tunes_checkpoint(in_workdir: Path, baseline_arch: dict,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search fails at step 6 after its local checkpoint was deleted (a lost node): Tune retries the
+    trial, which puts Tune's copy of the checkpoint back and finishes with the uninterrupted arch."""
+    monkeypatch.setenv("FNATUNE_TEST_FAULT", "search:6")
+    uri = f"sqlite:///{in_workdir / 'retry.db'}"
+    res = CliRunner().invoke(main, ["run", str(_micro(in_workdir)), "--run-dir", "retry", "--tracking-uri", uri])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "injected fault in search at step 6" in out and "retrying from its last checkpoint" in out
+    assert "resuming search from its checkpoint at step 6 (restored from Tune's copy)" in out
+    run = in_workdir / "retry"
+    assert (run / ".fault_injected").read_text().strip() == "search:6"
+    assert json.loads((run / "arch.json").read_text()) == baseline_arch
+    # Tune's storage is under the run directory, with the trial's checkpoints
+    assert list((run / "tune/experiment").glob("*/checkpoint_*/fnatune_state.json"))
+    # per-epoch metrics reached Tune (its result log) and MLflow (the search stage run)
+    state = json.loads((run / "run.json").read_text())
+    client = _client(uri)
+    search = next(r for r in client.search_runs([client.get_experiment_by_name("fnatune").experiment_id])
+              if r.info.run_name == "search")
+    assert [m.step for m in client.get_metric_history(search.info.run_id, "alpha_entropy")] == list(range(6))
+    assert search.data.tags["mlflow.parentRunId"] == state["parent_run"]
+    parent = client.get_run(state["parent_run"])
+    assert parent.data.tags["fnatune.node_ip"] == "127.0.0.1" and "mIoU" in parent.data.metrics
+
+
+def test_sigkill_mid_search_then_resume_gives_the_same_arch(in_workdir: Path, baseline_arch: dict) -> None:
+    cfg = _micro(in_workdir)
+    run = in_workdir / "killed"
+    env = {**os.environ, "FNATUNE_CACHE": str(in_workdir / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "fnatune.cli", "run", str(cfg), "--run-dir", str(run),
+                             "--set", "tracking.enabled=false"], cwd=in_workdir, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    epoch_file = run / "stages/search/alpha/epoch_002.json"
+    while not epoch_file.exists():  # killed inside the search, after its third epoch
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "the search did not reach its third epoch in time"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "stages/search/done.json").exists()
+    res = CliRunner().invoke(main, ["resume", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "[3/8] supernet: complete, skipped" in res.output
+    assert json.loads((run / "arch.json").read_text()) == baseline_arch
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_bad_input_fails_fast_with_clear_messages(in_workdir: Path) -> None:
+    runner = CliRunner()
+    t0 = time.monotonic()
+    res = runner.invoke(main, ["run", str(_micro(in_workdir)), "--run-dir", "bad1",
+                               "--address", f"127.0.0.1:{_free_port()}"])
+    assert res.exit_code == 2 and time.monotonic() - t0 < 15
+    assert "no Ray cluster answers at 127.0.0.1:" in res.output and "ray start --head" in res.output
+    sweep = {"sweep": {"method": "grid", "params": {"search.cost.lamda": [0.1, 0.2]}}}
+    res = runner.invoke(main, ["run", str(_micro(in_workdir, sweep, "s.yaml")), "--run-dir", "bad2"])
+    assert res.exit_code == 2 and "'search.cost.lamda' is not a key" in res.output
+    assert "search.cost.lambda" in res.output and not (in_workdir / "bad2").exists()
+    res = runner.invoke(main, ["run", str(_micro(in_workdir)), "--run-dir", "bad3", "--set", "resources.gpu=4",
+                               "--set", "tracking.enabled=false"])
+    assert res.exit_code == 2 and "cannot run even one trial" in res.output and "'gpu': 4.0" in res.output
+
+
+def test_sweep_across_a_two_node_cluster(in_workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two Ray nodes on 127.0.0.1 with one CPU each; an NSGA-II sweep of two trials runs one trial per
+    node, each trial a nested MLflow run (stages nested below it) with its metrics; then a trial that asks
+    for a GPU the cluster lacks ends with a timeout message instead of waiting forever."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                              "node_ip_address": "127.0.0.1"})
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        sweep = {"sweep": {"method": "optuna", "objectives": ["metric", "cost"], "num_samples": 2,
+                           "max_concurrent": 2, "seed": 3,
+                           "params": {"search.cost.lambda": {"loguniform": [0.01, 1.0]},
+                                      "search.temperature": {"uniform": [0.5, 2.0]}}}}
+        uri = f"sqlite:///{in_workdir / 'sweep.db'}"
+        res = CliRunner().invoke(main, ["run", str(_micro(in_workdir, sweep, "sweep.yaml")), "--run-dir", "sweep",
+                                        "--tracking-uri", uri, "--address", cluster.address])
+        assert res.exit_code == 0, res.output
+        run = in_workdir / "sweep"
+        rows = json.loads((run / "sweep_summary.json").read_text())
+        assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
+        assert len({r["set"]["search.cost.lambda"] for r in rows}) == 2
+        assert (run / "pareto_front.png").stat().st_size > 0 and any(r.get("pareto") for r in rows)
+
+        client = _client(uri)
+        state = json.loads((run / "run.json").read_text())
+        exp = client.get_experiment_by_name("fnatune").experiment_id
+        runs = client.search_runs([exp])
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run"]]
+        assert len(trials) == 2
+        assert len({t.data.tags["fnatune.node_id"] for t in trials}) == 2  # one trial per node
+        for t in trials:
+            assert "mIoU" in t.data.metrics and t.info.status == "FINISHED"
+            assert float(t.data.params["search.cost.lambda"]) in {r["set"]["search.cost.lambda"] for r in rows}
+            stages = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == t.info.run_id}
+            assert {"search", "finetune", "evaluate", "export"} <= stages
+        arts = {a.path for a in client.list_artifacts(state["parent_run"])}
+        assert {"pareto_front.png", "pareto_front.md", "sweep_summary.md"} <= arts
+
+        t0 = time.monotonic()
+        res = CliRunner().invoke(main, ["run", str(_micro(in_workdir)), "--run-dir", "gpu", "--address",
+                                        cluster.address, "--set", "resources.gpu=1", "--set",
+                                        "tune.pending_timeout_s=2", "--set", "tracking.enabled=false"])
+        assert res.exit_code == 2 and time.monotonic() - t0 < 60, res.output
+        assert "no trial could start within tune.pending_timeout_s = 2 s" in res.output and "'gpu': 1.0" in res.output
+    finally:
+        cluster.shutdown()
+
+
+def test_variants_are_trials_with_a_summary_table(in_workdir: Path) -> None:
+    extra = {"search": {"enabled": False}, "arch": "seed",
+             "variants": [{"name": "remap"}, {"name": "random_ft", "set": {"finetune.init": "random"}}]}
+    uri = f"sqlite:///{in_workdir / 'variants.db'}"
+    res = CliRunner().invoke(main, ["run", str(_micro(in_workdir, extra, "variants.yaml")), "--run-dir", "variants",
+                                    "--tracking-uri", uri])
+    assert res.exit_code == 0, res.output
+    run = in_workdir / "variants"
+    rows = json.loads((run / "ablation_summary.json").read_text())
+    assert [r["name"] for r in rows] == ["remap", "random_ft"] and all(r["status"] == "done" for r in rows)
+    assert "| random_ft | finetune.init=random |" in (run / "ablation_summary.md").read_text()
+    client = _client(uri)
+    parent = json.loads((run / "run.json").read_text())["parent_run"]
+    trials = {r.data.tags.get("fnatune.variant"): r for r in client.search_runs(
+        [client.get_experiment_by_name("fnatune").experiment_id]) if r.data.tags.get("mlflow.parentRunId") == parent}
+    assert set(trials) == {"remap", "random_ft"} and all("mIoU" in t.data.metrics for t in trials.values())
+    assert trials["random_ft"].data.params["finetune.init"] == "random"
+
+
+def test_cluster_yaml_passes_rays_own_validation() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # what `ray up` does; raises on a schema violation
+    assert config["head_node_type"] in config["available_node_types"]
+    workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
+    assert workers and all(w["max_workers"] > w.get("min_workers", 0) for w in workers)  # autoscaling
+    assert any("mlflow server" in c for c in config["head_start_ray_commands"])
