@@ -255,12 +255,16 @@ class ResourcesCfg(_Model):
 
 
 class TuneCfg(_Model):
-    """How Ray Tune runs the trials: retries from the last checkpoint and how long a trial may wait for
-    resources before the run stops with a message (instead of waiting forever)."""
+    """How Ray Tune runs the trials: retries from the last checkpoint, how long a trial may wait for
+    resources before the run stops with a message (instead of waiting forever), and how often a stage
+    checkpoint is also copied into Tune's storage (``checkpoint_every_s``: at most once per that many
+    seconds; 0 copies every one). The copy is what a retry on another node restores from; a retry on the
+    same node, and ``fnatune resume``, use the trial directory's own newer checkpoint."""
 
     retries: int = Field(2, ge=0)
     pending_timeout_s: float = Field(600.0, gt=0)
     keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_every_s: float = Field(60.0, ge=0)
 
 
 class AshaCfg(_Model):

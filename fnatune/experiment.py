@@ -83,7 +83,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     if restored:
         how = "restored from Tune's copy" if restored["restored"] else "found in the trial directory"
         progress(f"resuming {restored['stage']} from its checkpoint at step {restored['step']} ({how})", force=True)
-    reporter = ft.TuneReporter(tdir)
+    reporter = ft.TuneReporter(tdir, cfg.tune.checkpoint_every_s)
     (tdir / TRIAL_ERROR).unlink(missing_ok=True)
     try:
         execute(cfg, tdir, spec["uri"], progress=progress, source=spec["source"], parent_id=parent, reporter=reporter,
@@ -138,6 +138,8 @@ def run_experiment(cfg: PipelineCfg, run_dir: Path, *, tracking_uri: str | None 
     from fnatune import tune as ft
 
     check_sweep_keys(cfg, source)
+    # Ray's own convention: RAY_ADDRESS (set inside a Ray job) names the cluster; without it, a local Ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
     prepare_run_dir(cfg, run_dir, source)
     run_dir = run_dir.resolve()
     state = _state(run_dir)

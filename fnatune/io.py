@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 
 def _atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     dest = Path(path)
@@ -43,6 +41,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` atomically. Save only tensors and plain containers so ``weights_only`` loading works."""
+    import torch  # here, not at the top: the driver of `fnatune run` writes JSON only and never needs torch
+
     return _atomic(path, lambda f: torch.save(obj, f))
 
 

@@ -38,9 +38,11 @@ from fnatune.pipeline import Reporter
 
 LOCALHOST = "127.0.0.1"
 EXPERIMENT = "experiment"
-START_HINT = ("start one with `ray start --head --node-ip-address=127.0.0.1 --port=6379` on this machine, or "
+START_HINT = ("start one with `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --node-ip-address=127.0.0.1 "
+              "--port=6379` on this machine (the variable keeps Ray on 127.0.0.1), or "
               "`ray up cluster.yaml` for the GPU cluster; or leave out --address to run on a local Ray "
               "that fnatune starts and stops for you")
+LOG_DRAIN_S = 0.3  # Ray's log monitor polls the workers' log files every 0.1 s
 FAULT_ENV = "FNATUNE_TEST_FAULT"  # "stage:step": fail once at that checkpoint (tests of retries)
 
 
@@ -56,8 +58,14 @@ def _quiet_environment(local: bool) -> None:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if local:
         # Ray resolves 127.0.0.1 to the machine's network address unless its "cluster" mode is off; off,
-        # every process of the local Ray (GCS, raylet, workers, object store) binds to the loopback only.
+        # every process of the local Ray (GCS, raylet, workers, object store) binds to the loopback only,
+        # and a driver joining a cluster on the loopback connects to 127.0.0.1 as it was told.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+def _on_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rstrip("/").rpartition(":")[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -73,6 +81,22 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise FnatuneError(f"no Ray cluster answers at {address} ({e.strerror or e}); {START_HINT}") from None
 
 
+def _token_auth_if_available() -> None:
+    """Ray (2.52+) turns token authentication on for clusters it starts, but a driver joining an explicit
+    address sends its token only with RAY_AUTH_MODE=token, and is otherwise refused with a bare "failed to
+    connect". Like Ray's own ``address="auto"``: if a token is at hand and the mode is unset, use it (a
+    cluster without authentication accepts such a driver too)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def _forwarded_env() -> dict[str, str]:
     """Our own variables (cache location, test hooks) travel to the trials on every node."""
     return {k: v for k, v in os.environ.items() if k.startswith("FNATUNE_") or k == "MLFLOW_TRACKING_URI"}
@@ -83,7 +107,8 @@ def ray_session(address: str | None = None, num_cpus: float | None = None, num_g
                 ) -> Iterator[dict[str, float]]:
     """Ray for the duration of the block; yields the cluster's total resources. Reuses a Ray that this
     process already initialised (and leaves it running)."""
-    _quiet_environment(local=address is None)
+    loopback = address is None or _on_loopback(address)
+    _quiet_environment(local=loopback)
     import ray
     from ray._private import ray_constants
 
@@ -94,24 +119,47 @@ def ray_session(address: str | None = None, num_cpus: float | None = None, num_g
     runtime_env = {"env_vars": {**_forwarded_env(), "RAY_CHDIR_TO_TRIAL_DIR": "0"}}
     if address is not None:
         _check_reachable(address)
-        try:
+        _token_auth_if_available()
+    was = ray_constants.ENABLE_RAY_CLUSTER
+    if loopback:  # the same switch as the env var, for a ray imported before it was set
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        if address is not None:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=True)
-        except Exception as e:  # ConnectionError, or a version mismatch with the cluster
-            raise FnatuneError(f"could not join the Ray cluster at {address}: {e}; {START_HINT}") from None
-    else:
-        was = ray_constants.ENABLE_RAY_CLUSTER
-        ray_constants.ENABLE_RAY_CLUSTER = False  # the same switch as the env var, for a ray imported earlier
-        try:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False,
-                     _node_ip_address=LOCALHOST, runtime_env=runtime_env, logging_level=logging.ERROR,
-                     log_to_driver=True, configure_logging=True)
-        finally:
-            ray_constants.ENABLE_RAY_CLUSTER = was
+        else:
+            # address="local": a Ray of our own even when `ray start` left a cluster on this machine
+            # (plain ray.init() would join that one, and refuse num_cpus)
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
+                     include_dashboard=False, _node_ip_address=LOCALHOST, runtime_env=runtime_env,
+                     logging_level=logging.ERROR, log_to_driver=True, configure_logging=True)
+    except Exception as e:  # ConnectionError, or a version mismatch with the cluster
+        if address is None:
+            raise
+        raise FnatuneError(f"could not join the Ray cluster at {address}: {e}; {START_HINT}") from None
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = was
     try:
         yield dict(ray.cluster_resources())
     finally:
-        time.sleep(1.0)  # the log monitor forwards the trials' last lines before Ray goes
+        time.sleep(LOG_DRAIN_S)  # the log monitor forwards the trials' last lines before Ray goes
+        if address is None:
+            _kill_autoscaler_monitor()
         ray.shutdown()
+
+
+def _kill_autoscaler_monitor() -> None:
+    """A local Ray has nothing to autoscale, but its head still runs the autoscaler's monitor, which sits
+    out the whole second of grace ``ray.shutdown`` gives it after SIGTERM. Killing it first saves that
+    second on every local run. Private Ray API, so any surprise just leaves the usual shutdown."""
+    try:
+        from ray._private import ray_constants, worker
+
+        node = worker._global_node
+        for info in (node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []):
+            info.process.kill()
+            info.process.wait(timeout=5)
+    except Exception:  # an optimisation, never a reason to fail a finished run
+        pass
 
 
 def node_addresses() -> list[str]:
@@ -126,12 +174,15 @@ class TuneReporter(Reporter):
     """Forwards a trial's progress to Ray Tune. Metrics are carried forward (each report holds the latest
     value of everything reported so far, as ``<stage>_<name>``), so schedulers and searchers find their
     metric in every result; the evaluate stage's metrics also appear under their own names (``mIoU``), and
-    the export stage's whole-network MAdds as ``cost``. Each stage checkpoint becomes a Tune checkpoint
-    holding that file and where it belongs in the trial directory."""
+    the export stage's whole-network MAdds as ``cost``. A stage checkpoint becomes a Tune checkpoint,
+    holding that file and where it belongs in the trial directory, when ``checkpoint_every_s`` has passed
+    since the last one (``tune.checkpoint_every_s``; 0: every one)."""
 
-    def __init__(self, trial_dir: Path) -> None:
+    def __init__(self, trial_dir: Path, checkpoint_every_s: float = 0.0) -> None:
         self.trial_dir = trial_dir
         self.carry: dict[str, float] = {}
+        self.every_s = checkpoint_every_s
+        self.last_copy = time.monotonic()  # the first copy waits one interval too: a retry redoes at most that
 
     def metrics(self, stage: str, metrics: dict[str, Any]) -> None:
         from ray import tune
@@ -144,14 +195,21 @@ class TuneReporter(Reporter):
 
         step = progress.get("step", progress.get("it", 0))
         self.carry[f"{stage}_step"] = float(step)
-        with tempfile.TemporaryDirectory(prefix="fnatune-ckpt-") as d:
-            try:
-                os.link(path, Path(d) / "checkpoint.pt")  # no copy here; Tune copies it into its storage
-            except OSError:
-                shutil.copyfile(path, Path(d) / "checkpoint.pt")
-            rel = os.path.relpath(path, self.trial_dir)
-            (Path(d) / "fnatune_state.json").write_text(json.dumps({"stage": stage, "path": rel, "step": step}))
-            tune.report(dict(self.carry), checkpoint=tune.Checkpoint.from_directory(d))
+        if time.monotonic() - self.last_copy < self.every_s:
+            # Tune copies every checkpoint it is given (a supernet with its optimiser state is tens of MB
+            # at toy size); between copies the metrics still go out
+            tune.report(dict(self.carry))
+        else:
+            # the staging folder sits next to the checkpoint, so the hard link never crosses file systems
+            with tempfile.TemporaryDirectory(prefix=".tune-ckpt-", dir=Path(path).parent) as d:
+                try:
+                    os.link(path, Path(d) / "checkpoint.pt")  # no copy here; Tune copies it into its storage
+                except OSError:
+                    shutil.copyfile(path, Path(d) / "checkpoint.pt")
+                rel = os.path.relpath(path, self.trial_dir)
+                (Path(d) / "fnatune_state.json").write_text(json.dumps({"stage": stage, "path": rel, "step": step}))
+                tune.report(dict(self.carry), checkpoint=tune.Checkpoint.from_directory(d))
+            self.last_copy = time.monotonic()
         self._maybe_fail(stage, step, path)
 
     def _carry(self, stage: str, metrics: dict[str, Any]) -> None:

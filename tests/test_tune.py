@@ -32,6 +32,7 @@ MICRO = {
     "finetune": {"iters": 6, "log_every": 3, "checkpoint_every": 3, "augment": {"crop": [64, 64]}},
     "export": {"input": [64, 128], "onnx": False},
     "resources": {"cpu": 1},
+    "tune": {"checkpoint_every_s": 0},  # every stage checkpoint also goes to Tune (the retry test needs step 6)
 }
 
 
@@ -126,9 +127,12 @@ def test_sigkill_mid_search_then_resume_gives_the_same_arch(in_workdir: Path, ba
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "stages/search/done.json").exists()
-    res = CliRunner().invoke(main, ["resume", str(run)])
-    assert res.exit_code == 0, res.output
-    assert "[3/8] supernet: complete, skipped" in res.output
+    # the console script's path (``entry``: it ends the process itself once Ray is stopped)
+    res = subprocess.run([sys.executable, "-m", "fnatune.cli", "resume", str(run)], cwd=in_workdir, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[3/8] supernet: complete, skipped" in res.stdout
+    assert f"results: {run}" in res.stdout and "derived architecture:" in res.stdout  # flushed before the exit
     assert json.loads((run / "arch.json").read_text()) == baseline_arch
 
 
@@ -151,9 +155,10 @@ def test_bad_input_fails_fast_with_clear_messages(in_workdir: Path) -> None:
     res = runner.invoke(main, ["run", str(_micro(in_workdir, sweep, "s.yaml")), "--run-dir", "bad2"])
     assert res.exit_code == 2 and "'search.cost.lamda' is not a key" in res.output
     assert "search.cost.lambda" in res.output and not (in_workdir / "bad2").exists()
-    res = runner.invoke(main, ["run", str(_micro(in_workdir)), "--run-dir", "bad3", "--set", "resources.gpu=4",
-                               "--set", "tracking.enabled=false"])
-    assert res.exit_code == 2 and "cannot run even one trial" in res.output and "'gpu': 4.0" in res.output
+    res = subprocess.run([sys.executable, "-m", "fnatune.cli", "run", str(_micro(in_workdir)), "--run-dir", "bad3",
+                          "--set", "resources.gpu=4", "--set", "tracking.enabled=false"], cwd=in_workdir,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "cannot run even one trial" in res.stderr and "'gpu': 4.0" in res.stderr
 
 
 def test_sweep_across_a_two_node_cluster(in_workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,8 +214,40 @@ def test_sweep_across_a_two_node_cluster(in_workdir: Path, monkeypatch: pytest.M
         cluster.shutdown()
 
 
+def test_ray_start_cluster_on_the_loopback_with_token_auth(in_workdir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint's own `ray start` (127.0.0.1, token authentication as Ray 2.5x turns on) is joined with
+    --address; and while it runs, a plain `fnatune run` still starts a Ray of its own instead of joining it."""
+    token = tmp_path / "auth_token"
+    token.write_text("0123456789abcdef" * 4)
+    for k, v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_TOKEN_PATH": str(token),
+                 "RAY_USAGE_STATS_ENABLED": "0"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray_cli, port = str(Path(sys.executable).with_name("ray")), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+                    "--include-dashboard=false"], env=env, check=True, capture_output=True, timeout=120)
+    quick = {"search": {"enabled": False}, "arch": "seed", "finetune": {"iters": 3}}
+    try:
+        # fresh processes, as a user's: this one's Ray keeps the token state of the tests' earlier local Rays
+        joined = subprocess.run([sys.executable, "-m", "fnatune.cli", "run", str(_micro(in_workdir, quick, "joined.yaml")),
+                                 "--run-dir", "joined", "--address", f"127.0.0.1:{port}", "--set",
+                                 "tracking.enabled=false"], cwd=in_workdir, capture_output=True, text=True, timeout=300)
+        assert joined.returncode == 0, joined.stdout + joined.stderr
+        assert (in_workdir / "joined/arch.json").exists()
+        # plain ray.init() would join the cluster above (Ray finds it) and refuse num_cpus
+        own = subprocess.run([sys.executable, "-m", "fnatune.cli", "run", str(_micro(in_workdir, quick, "own.yaml")),
+                              "--run-dir", "own", "--set", "tracking.enabled=false", "--set", "resources.cpu=2"],
+                             cwd=in_workdir, capture_output=True, text=True, timeout=300)
+        assert own.returncode == 0, own.stdout + own.stderr
+    finally:
+        subprocess.run([ray_cli, "stop"], env=env, capture_output=True, timeout=120)
+
+
 def test_variants_are_trials_with_a_summary_table(in_workdir: Path) -> None:
-    extra = {"search": {"enabled": False}, "arch": "seed",
+    extra = {"search": {"enabled": False}, "arch": "seed", "tune": {"checkpoint_every_s": 1e6},
              "variants": [{"name": "remap"}, {"name": "random_ft", "set": {"finetune.init": "random"}}]}
     uri = f"sqlite:///{in_workdir / 'variants.db'}"
     res = CliRunner().invoke(main, ["run", str(_micro(in_workdir, extra, "variants.yaml")), "--run-dir", "variants",
@@ -220,6 +257,10 @@ def test_variants_are_trials_with_a_summary_table(in_workdir: Path) -> None:
     rows = json.loads((run / "ablation_summary.json").read_text())
     assert [r["name"] for r in rows] == ["remap", "random_ft"] and all(r["status"] == "done" for r in rows)
     assert "| random_ft | finetune.init=random |" in (run / "ablation_summary.md").read_text()
+    # the fine-tune wrote its checkpoints, but none was old enough to be copied into Tune's storage
+    trial_dirs = list((run / "tune/experiment").iterdir())
+    assert len([d for d in trial_dirs if d.is_dir()]) == 2
+    assert not list((run / "tune/experiment").glob("*/checkpoint_*"))
     client = _client(uri)
     parent = json.loads((run / "run.json").read_text())["parent_run"]
     trials = {r.data.tags.get("fnatune.variant"): r for r in client.search_runs(
