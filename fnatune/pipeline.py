@@ -53,7 +53,8 @@ def eta(done: int, total: int, elapsed: float) -> str:
 class Reporter:
     """Where a running trial sends its progress: metrics as they come (per search epoch, per fine-tune log
     interval, per finished stage) and every checkpoint the stage loops write. :mod:`fnatune.tune` forwards
-    both to Ray Tune; a run outside Tune (a test, the overhead benchmark) keeps this no-op."""
+    both to Ray Tune (checkpoints at most one per ``tune.checkpoint_every_s``); a run outside Tune (a test,
+    the overhead benchmark) keeps this no-op."""
 
     def metrics(self, stage: str, metrics: dict[str, Any]) -> None: ...
 

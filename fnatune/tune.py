@@ -63,16 +63,21 @@ def _quiet_environment(local: bool) -> None:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
+def _host_port(address: str) -> tuple[str, str]:
+    """``"ray://10.0.0.1:10001/"`` -> ``("10.0.0.1", "10001")`` (brackets of an IPv6 host stripped)."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    return host.strip("[]"), port
+
+
 def _on_loopback(address: str) -> bool:
-    host = address.split("://", 1)[-1].rstrip("/").rpartition(":")[0].strip("[]")
+    host = _host_port(address)[0]
     return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     if address == "auto":
         return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
+    host, port = _host_port(address)
     if not host or not port.isdigit():
         raise FnatuneError(f"--address {address}: expected HOST:PORT (e.g. 127.0.0.1:6379) or ray://HOST:PORT")
     try:
