@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0 torchvision==0.28.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 # mmcv 2.1 (needed by mmseg 1.2 / mmdet 3.3, with its compiled ops) has no wheel for torch 2.13: it is
 # compiled once (10-15 min on 2 cores; pip caches the wheel), after torch, without build isolation, and
@@ -35,8 +35,16 @@ demo: install
 	$(BIN)/fnatune cost --arch search_spaces/archs/fna_retinanet.json --input 800x1088
 	$(BIN)/fnatune cost --arch search_spaces/archs/mbv2_retinanet.json --input 800x1088
 
-test: install
+# CI runs `make test`: the linter, then every test (the fast lane and the slow end-to-end ones)
+test: install lint
 	$(BIN)/python -m pytest -q
+
+# the lane for developing: everything but the end-to-end pipelines and Ray clusters (under 2 minutes)
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python benchmarks/remap_speed.py

@@ -37,7 +37,8 @@ DIRECT = """
 import sys
 from pathlib import Path
 from fnatune.config import load_config
-from fnatune.pipeline import Progress, execute
+from fnatune.framework import Progress
+from fnatune.pipeline import execute
 cfg = load_config(sys.argv[1], sys.argv[3:])
 execute(cfg, Path(sys.argv[2]), progress=Progress(print))
 """

@@ -32,7 +32,11 @@ _LAZY = {
     "madds_table": "fnatune.cost",
     "ChildNet": "fnatune.nets", "FeatureInfo": "fnatune.nets", "MixedLayer": "fnatune.nets",
     "SuperNet": "fnatune.nets",
-    "BNOptions": "fnatune.ops",
+    "BNOptions": "fnatune.layers",
+    "BlockFamily": "fnatune.blocks", "list_families": "fnatune.blocks", "register_family": "fnatune.blocks",
+    "RunDir": "fnatune.rundir",
+    "Task": "fnatune.tasks", "TaskBackend": "fnatune.tasks", "get_task": "fnatune.tasks", "list_tasks": "fnatune.tasks",
+    "register_task": "fnatune.tasks",
     "RemapOptions": "fnatune.remap", "RemapReport": "fnatune.remap", "remap": "fnatune.remap",
     "Seed": "fnatune.seeds", "list_seeds": "fnatune.seeds", "load_seed": "fnatune.seeds",
     "register_seed": "fnatune.seeds",
@@ -42,12 +46,15 @@ _LAZY = {
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
     from fnatune.arch import Arch, Skeleton, StageShape, Tap
+    from fnatune.blocks import BlockFamily, list_families, register_family
     from fnatune.cost import MAddsTable, count_madds, count_params, madds_table
+    from fnatune.layers import BNOptions
     from fnatune.nets import ChildNet, FeatureInfo, MixedLayer, SuperNet
-    from fnatune.ops import BNOptions
     from fnatune.remap import RemapOptions, RemapReport, remap
+    from fnatune.rundir import RunDir
     from fnatune.seeds import Seed, list_seeds, load_seed, register_seed
     from fnatune.space import SearchSpace, StageSpec, get_space, list_spaces, register_space, with_output_stride
+    from fnatune.tasks import Task, TaskBackend, get_task, list_tasks, register_task
 
 
 def __getattr__(name: str) -> Any:
@@ -80,6 +87,7 @@ __all__ = [
     "Arch",
     "ArchError",
     "BNOptions",
+    "BlockFamily",
     "ChildNet",
     "FeatureInfo",
     "FnatuneError",
@@ -89,6 +97,7 @@ __all__ = [
     "RemapError",
     "RemapOptions",
     "RemapReport",
+    "RunDir",
     "SearchSpace",
     "Seed",
     "SeedError",
@@ -97,17 +106,24 @@ __all__ = [
     "StageSpec",
     "SuperNet",
     "Tap",
+    "Task",
+    "TaskBackend",
     "UnknownNameError",
     "__version__",
     "count_madds",
     "count_params",
     "get_space",
+    "get_task",
+    "list_families",
     "list_seeds",
     "list_spaces",
+    "list_tasks",
     "load_seed",
     "madds_table",
+    "register_family",
     "register_seed",
     "register_space",
+    "register_task",
     "remap",
     "with_output_stride",
 ]

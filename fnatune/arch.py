@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from fnatune.blocks import SKIP, inner_width, parse_op
 from fnatune.errors import ArchError, MissingPathError
-from fnatune.ops import SKIP, check_activation, hidden_channels, parse_op
+from fnatune.layers import check_activation
 
 ARCH_FORMAT = 1
 
@@ -159,7 +160,8 @@ class Arch:
             t = Tap.parse(tap)
             if t.is_expand:
                 if t.layer >= len(ops[t.stage]) or ops[t.stage][t.layer] == SKIP:
-                    raise ArchError(f"tap '{tap}' needs an MBConv at stage {t.stage} layer {t.layer}")
+                    raise ArchError(f"tap '{tap}' needs a block with an inner activation at stage {t.stage} "
+                                    f"layer {t.layer}")
 
     # ----------------------------------------------------------------------------------- views
     @property
@@ -183,8 +185,9 @@ class Arch:
             return self.skeleton.tail_channels
         if t.is_expand:
             c_in, _, _ = self.skeleton.layer_io(t.stage, t.layer)
-            width = hidden_channels(self.ops[t.stage][t.layer], c_in)
-            assert width is not None
+            width = inner_width(self.ops[t.stage][t.layer], c_in)
+            if width is None:
+                raise ArchError(f"tap '{tap}': op '{self.ops[t.stage][t.layer]}' has no inner activation to tap")
             return width
         return self.skeleton.stages[t.stage].out_channels
 
@@ -282,7 +285,7 @@ def _arch_from_dict(d: Mapping[str, Any], source: str) -> Arch:
                             "'out_channels', 'stride', 'dilation' and 'ops'") from None
         arch = Arch(skeleton, ops, space_name, d.get("meta", {}))
         if space_name is not None:
-            from fnatune.space import get_space, list_spaces
+            from fnatune.space_registry import get_space, list_spaces
 
             if space_name in list_spaces():
                 get_space(space_name).validate(arch)
@@ -290,7 +293,7 @@ def _arch_from_dict(d: Mapping[str, Any], source: str) -> Arch:
     # short form: the space supplies the skeleton
     if space_name is None:
         raise ArchError("a short-form arch (only 'ops' or 'blocks') must name its 'space'")
-    from fnatune.space import get_space
+    from fnatune.space_registry import get_space
 
     space = get_space(space_name)
     if "ops" in d:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from fnatune.errors import FnatuneError
+from fnatune.rundir import RunDir
 
 
 class _Group(click.Group):
@@ -79,6 +80,20 @@ def seeds() -> None:
 
 
 @main.command()
+def tasks() -> None:
+    """List the registered tasks: headline metric, default space, what each adapts a backbone to."""
+    from fnatune.config import validate
+    from fnatune.tasks import get_task, list_tasks
+
+    for n in list_tasks():
+        t = get_task(n)
+        raw = {"name": "list", "task": n, **({t.section: {}} if t.section and t.section_required else {})}
+        space = validate(raw).space
+        click.echo(f"{n:<6} metric {t.metric:<9} space {space:<13} {t.description}"
+                   + ("" if t.available() else f"  [needs {', '.join(t.requires)}]"))
+
+
+@main.command()
 @click.option("--seed", "seed_name", required=True, help="Seed family, e.g. mobilenet_v2 (see `fnatune seeds`).")
 @click.option("--weights", default=None, help="Local checkpoint path, or a torchvision weights name (needs internet).")
 @click.option("--seed-option", "seed_options", multiple=True, metavar="KEY=VALUE",
@@ -137,7 +152,8 @@ def remap(seed_name: str, weights: str | None, seed_options: tuple[str, ...], sp
 
 @main.command()
 @click.option("--arch", "arch_path", required=True, type=click.Path(path_type=Path), help="Arch JSON file.")
-@click.option("--task", default="backbone", show_default=True, help="Whole network to count: backbone, cls, ...")
+@click.option("--task", default="backbone", show_default=True,
+              help="Whole network to count: backbone, cls (the seed's classifier) or a task (seg, det, ...).")
 @click.option("--input", "input_size", required=True, help="Input size HxW, e.g. 800x1088.")
 @click.option("--num-classes", default=None, type=int, help="Classes of the task head (task default if omitted).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with params and madds.")
@@ -155,12 +171,12 @@ def cost(arch_path: Path, task: str, input_size: str, num_classes: int | None, a
     from fnatune.arch import Arch
     from fnatune.cost import count_madds, count_params
     from fnatune.latency import LatencyTable, device_name, time_module
-    from fnatune.tasks import build_task_model
+    from fnatune.whole_network import whole_network
 
     size = _parse_input(input_size)
     arch = Arch.load(arch_path)
-    model = build_task_model(task, arch, **({"num_classes": num_classes} if num_classes else {}))
-    params, madds = count_params(model), count_madds(model, size, arch.skeleton.in_channels)
+    model, forward_kwargs = whole_network(task, arch, num_classes)
+    params, madds = count_params(model), count_madds(model, size, arch.skeleton.in_channels, **forward_kwargs)
     out: dict[str, Any] = {"arch": str(arch_path), "task": task, "input": list(size), "params": params, "madds": madds}
     if latency:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -228,13 +244,12 @@ def _default_run_dir(name: str) -> Path:
 
 
 def _finish(run_dir: Path, result: dict[str, Any]) -> None:
-    import json as _json
-
-    state = _json.loads((run_dir / "run.json").read_text())
+    run = RunDir(run_dir)
+    state = run.state()
     click.echo("")
     click.echo(f"results: {run_dir}")
-    if (run_dir / "arch.json").exists():
-        click.echo(f"  derived architecture: {run_dir / 'arch.json'}")
+    if run.arch_path.exists():
+        click.echo(f"  derived architecture: {run.arch_path}")
     for name in ("ablation_summary.md", "sweep_summary.md", "pareto_front.md", "pareto_front.png"):
         if (run_dir / name).exists():
             click.echo(f"  {name:<21} {run_dir / name}")
@@ -263,7 +278,7 @@ def _execute(cfg: Any, run_dir: Path, source: str, tracking_uri: str | None, add
         click.echo(f"\ninterrupted; continue with: fnatune resume {run_dir}", err=True)
         sys.exit(130)
     except FnatuneError as e:
-        if not (run_dir / "run.json").exists():
+        if not RunDir(run_dir).exists():
             raise
         raise FnatuneError(f"{e}\n(the run directory is kept; after fixing the cause: fnatune resume {run_dir})") from None
     _finish(run_dir, result)
@@ -286,7 +301,7 @@ def run(pipeline: Path, overrides: tuple[str, ...], run_dir: Path | None, tracki
     cfg = load_config(pipeline, list(overrides))
     check_sweep_keys(cfg, str(pipeline))
     run_dir = run_dir or _default_run_dir(cfg.name)
-    if (run_dir / "run.json").exists():
+    if RunDir(run_dir).exists():
         raise FnatuneError(f"{run_dir} already holds a run; continue it with `fnatune resume {run_dir}` "
                            f"or choose another --run-dir")
     click.echo(f"fnatune run {pipeline} -> {run_dir}")
@@ -300,11 +315,10 @@ def run(pipeline: Path, overrides: tuple[str, ...], run_dir: Path | None, tracki
 def resume(run_dir: Path, tracking_uri: str | None, address: str | None) -> None:
     """Continue a killed or failed run: Tune restores its experiment, finished trials and stages are kept,
     the running ones continue from their last checkpoints."""
-    from fnatune.pipeline import load_run
-
-    cfg = load_run(run_dir)
+    run = RunDir(run_dir)
+    cfg = run.read_config()
     click.echo(f"fnatune resume {run_dir}")
-    _execute(cfg, run_dir, str(run_dir / "config.yaml"), tracking_uri, address, resume=True)
+    _execute(cfg, run_dir, str(run.config_path), tracking_uri, address, resume=True)
 
 
 @main.command()

@@ -5,22 +5,30 @@ and Linear, ``k*k*C_in/groups*C_out*H_out*W_out`` (+ one per output element for 
 batch 1; BN, activations and additions are free. Counting runs the model on the ``meta`` device, so a
 1024x2048 input costs no compute and no memory, and the counts are exact.
 
-The table holds, for each searchable layer of a super net, the MAdds of every candidate at the task
-resolution (skip = 0). ``E[cost] = sum_layers sum_o softmax(alpha/T)_o * table[layer][o]`` is
-differentiable in alpha and is what the search penalises (in GMAdds).
+The table holds, for each searchable layer of a space, the MAdds of every candidate at the task
+resolution (skip = 0). It is built from the space's geometry with each block family's cost hook
+(:meth:`fnatune.blocks.BlockFamily.madds`), so no network is built or run; the counter above checks it.
+``E[cost] = sum_layers sum_o softmax(alpha/T)_o * table[layer][o]`` is differentiable in alpha and is what
+the search penalises (in GMAdds).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from fnatune.arch import Arch
+from fnatune.blocks import op_madds
 from fnatune.errors import ArchError
+from fnatune.layers import conv_madds, same_out
+
+if TYPE_CHECKING:
+    from fnatune.space import SearchSpace
 
 GIGA = 1e9
 
@@ -90,7 +98,7 @@ def count_madds(model: nn.Module, input_size: Sequence[int], in_channels: int = 
     return counter.total
 
 
-class CostTable:
+class CostTable(ABC):
     """What the search needs from a per-layer, per-candidate cost table (MAdds or latency).
 
     Subclasses hold ``positions`` and ``candidates`` and give their rows in table units through
@@ -99,13 +107,24 @@ class CostTable:
 
     positions: list[tuple[int, int]]
     candidates: list[tuple[str, ...]]
+    input_size: tuple[int, int]
     unit: str = ""
 
+    @abstractmethod
     def rows(self) -> list[Tensor]:
-        raise NotImplementedError  # abstract: each table kind stores its numbers its own way
+        """Per searchable layer, the candidates' costs in the table's unit."""
 
+    @abstractmethod
     def of_indices(self, indices: Sequence[int]) -> float:
-        raise NotImplementedError  # abstract: summed exactly in the table's own number type
+        """Searchable cost of the path with these candidate indices, summed in the table's own number type."""
+
+    @abstractmethod
+    def summary(self) -> dict[str, float]:
+        """Min, max and uniform-alpha searchable cost, and the fixed part."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """The table as JSON."""
 
     def expected(self, alphas: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
         """E[searchable cost] under softmax(alpha / T); differentiable w.r.t. ``alphas``.
@@ -181,35 +200,42 @@ class MAddsTable(CostTable):
         }
 
 
-def madds_table(supernet: nn.Module, input_size: Sequence[int] | None = None) -> MAddsTable:
-    """Build the MAdds table of a :class:`~fnatune.nets.SuperNet` with one meta forward of all candidates."""
-    from fnatune.nets import MixedLayer, SuperNet
+def madds_table(target: SearchSpace | nn.Module, input_size: Sequence[int] | None = None) -> MAddsTable:
+    """The MAdds table of a :class:`~fnatune.space.SearchSpace` (or of a :class:`~fnatune.nets.SuperNet`'s
+    space) at ``input_size`` (default: the space's task resolution), from the space's geometry and each
+    candidate's family cost hook; ``fixed_madds`` counts the stem, the fixed layers and the tail."""
+    from fnatune.nets import SuperNet
+    from fnatune.space import SearchSpace
 
-    if not isinstance(supernet, SuperNet):
-        raise TypeError(f"madds_table needs a SuperNet, got {type(supernet).__name__}")
-    size = tuple(input_size or supernet.space.input_size)
-    owner: dict[nn.Module, tuple[int, int]] = {}
-    for li, (s, l) in enumerate(supernet.positions):
-        layer = supernet.stages[s][l]
-        assert isinstance(layer, MixedLayer)
-        for ci, op in enumerate(layer.candidates):
-            for m in op.modules():
-                owner[m] = (li, ci)
-    with MAddsCounter(supernet) as counter:
-        meta_forward(supernet, size, supernet.skeleton.in_channels)
-    table = [[0] * len(supernet.space.candidates(s, l)) for s, l in supernet.positions]
-    fixed = 0
-    for m, n in counter.per_module.items():
-        if m in owner:
-            li, ci = owner[m]
-            table[li][ci] += n
-        else:
-            fixed += n
+    if isinstance(target, SuperNet):
+        space = target.space
+    elif isinstance(target, SearchSpace):
+        space = target
+    else:
+        raise TypeError(f"madds_table needs a SearchSpace or a SuperNet, got {type(target).__name__}")
+    size = tuple(input_size or space.input_size)
+    sk = space.skeleton
+    hw = (same_out(int(size[0]), sk.stem_stride), same_out(int(size[1]), sk.stem_stride))
+    fixed = conv_madds(sk.in_channels, sk.stem_channels, 3, hw)
+    searchable = set(space.searchable_layers())
+    table: list[list[int]] = []
+    for s, st in enumerate(space.stages):
+        for l in range(st.layers):
+            c_in, c_out, stride = sk.layer_io(s, l)
+            row = [op_madds(op, c_in, c_out, stride, st.dilation, hw) for op in space.candidates(s, l)]
+            if (s, l) in searchable:
+                table.append(row)
+            else:
+                fixed += row[0]
+            hw = (same_out(hw[0], stride), same_out(hw[1], stride))
+    if sk.tail_channels is not None:
+        fixed += conv_madds(sk.stages[-1].out_channels, sk.tail_channels, 1, hw)
+    positions = space.searchable_layers()
     return MAddsTable(
         input_size=(int(size[0]), int(size[1])),
-        positions=list(supernet.positions),
-        candidates=[supernet.space.candidates(s, l) for s, l in supernet.positions],
+        positions=list(positions),
+        candidates=[space.candidates(s, l) for s, l in positions],
         madds=table,
         fixed_madds=fixed,
-        meta={"space": supernet.space.name},
+        meta={"space": space.name},
     )

@@ -18,7 +18,6 @@ and a bucket rebuild per step; the explicit version is exact and as fast at thes
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -93,8 +92,3 @@ def current() -> DataParallel | None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return DataParallel()
     return None
-
-
-def rank_file(path: Any, rank: int) -> Any:
-    """Where rank ``rank`` (> 0) keeps its own RNG and stream state next to rank 0's checkpoint."""
-    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")

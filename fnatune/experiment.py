@@ -1,5 +1,5 @@
 """What the trials of one ``fnatune run`` are, and what happens around them (Ray-free; the Ray side is
-:mod:`fnatune.tune`).
+:mod:`fnatune.tune`, reached through its typed plans).
 
 Three shapes, all Tune experiments stored in ``<run_dir>/tune``:
 
@@ -15,124 +15,249 @@ For variants and sweeps the driver opens an experiment parent run; every trial i
 and the trial's stage runs are nested under the trial's run. The tracking URI is resolved here once (an
 absolute path for the default SQLite store) and handed to every trial, so no trial falls back to a store
 of its own working directory.
+
+Inside a trial, :class:`TrialReporter` forwards the stages' metrics and checkpoints to Tune, and
+:class:`RayTrainLauncher` runs ``resources.workers > 1`` learning stages over Ray Train workers.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fnatune.config import PipelineCfg, check_sweep_keys
+from fnatune.config import PipelineCfg, check_sweep_keys, flatten, validate
 from fnatune.errors import FnatuneError
-from fnatune.io import atomic_write_json
-from fnatune.pipeline import RUN_STATE, Progress, _state, execute, prepare_run_dir, variant_config
+from fnatune.framework import (
+    Launcher,
+    Progress,
+    Reporter,
+    RunContext,
+    StageCore,
+    StageHandle,
+    run_worker,
+    worker_plan,
+    worker_result,
+)
+from fnatune.rundir import RunDir
 from fnatune.tracking import default_tracking_uri, make_tracker
 
-TASK_METRIC = {"seg": "mIoU", "det": "bbox_mAP"}
-TRIAL_ERROR = "trial_error.json"
-
-
-def trial_error(tdir: Path) -> str | None:
-    """The FnatuneError a trial stopped with (see :func:`run_trial`), if any."""
-    p = tdir / TRIAL_ERROR
-    return json.loads(p.read_text())["error"] if p.exists() else None
-
-
-def task_metric(cfg: PipelineCfg) -> str:
-    return (cfg.sweep.metric if cfg.sweep and cfg.sweep.metric else None) or TASK_METRIC[cfg.task]
+STATE_FILE = "fnatune_state.json"  # inside a Tune checkpoint: which stage file it is, and its step
 
 
 def shape(cfg: PipelineCfg) -> str:
     return "sweep" if cfg.sweep is not None else "variants" if cfg.variants else "single"
 
 
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial of one experiment gets (plain data: it travels to the trials)."""
+
+    cfg: dict[str, Any]
+    run_dir: str
+    uri: str
+    experiment: str
+    tracking: bool
+    shape: str
+    source: str
+    cwd: str
+    parent: str | None = None
+    keys: tuple[str, ...] = field(default_factory=tuple)
+
+
 # ------------------------------------------------------------------------------------------ inside a trial
-def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
+class TrialReporter(Reporter):
+    """Forwards a trial's progress to Ray Tune. Metrics are carried forward (each report holds the latest
+    value of everything reported so far, as ``<stage>_<name>``), so schedulers and searchers find their
+    metric in every result; the evaluate stage's metrics also appear under their own names (``mIoU``), and
+    the export stage's whole-network MAdds as ``cost`` (GMAdds). A stage checkpoint becomes a Tune
+    checkpoint, holding that file and where it belongs in the trial directory, when ``every_s`` has passed
+    since the last one (``tune.checkpoint_every_s``; 0: every one)."""
+
+    def __init__(self, run: RunDir, every_s: float = 0.0) -> None:
+        self.run = run
+        self.carry: dict[str, float] = {}
+        self.every_s = every_s
+        self.last_copy = time.monotonic()  # the first copy waits one interval too: a retry redoes at most that
+
+    def metrics(self, stage: str, metrics: dict[str, Any]) -> None:
+        from fnatune import tune as ft
+
+        self._carry(stage, metrics)
+        ft.report(self.carry)
+
+    def checkpoint(self, stage: str, path: Path, progress: dict[str, Any]) -> None:
+        from fnatune import tune as ft
+
+        step = progress.get("step", progress.get("it", 0))
+        self.carry[f"{stage}_step"] = float(step)
+        if time.monotonic() - self.last_copy < self.every_s:
+            # Tune copies every checkpoint it is given (a supernet with its optimiser state is tens of MB
+            # at toy size); between copies the metrics still go out
+            ft.report(self.carry)
+            return
+        # the staging folder sits next to the checkpoint, so the hard link never crosses file systems
+        with tempfile.TemporaryDirectory(prefix=".tune-ckpt-", dir=Path(path).parent) as d:
+            try:
+                os.link(path, Path(d) / "checkpoint.pt")  # no copy here; Tune copies it into its storage
+            except OSError:
+                shutil.copyfile(path, Path(d) / "checkpoint.pt")
+            rel = os.path.relpath(path, self.run.path)
+            (Path(d) / STATE_FILE).write_text(json.dumps({"stage": stage, "path": rel, "step": step}))
+            ft.report(self.carry, checkpoint_dir=Path(d))
+        self.last_copy = time.monotonic()
+
+    def _carry(self, stage: str, metrics: dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+                self.carry[f"{stage}_{k}"] = float(v)
+                if stage == "evaluate":
+                    self.carry[k] = float(v)
+        if stage == "export" and "madds_paper_resolution" in metrics:
+            self.carry["cost"] = float(metrics["madds_paper_resolution"]) / 1e9  # GMAdds, whole network
+
+
+def restore_from_tune(run: RunDir) -> dict[str, Any] | None:
+    """Put the trial's last Tune checkpoint back into ``run`` when the local copy is gone (its node was lost,
+    its disk wiped). A local checkpoint is kept: it is never older than Tune's copy of it."""
+    from fnatune import tune as ft
+
+    with ft.last_checkpoint() as d:
+        if d is None:
+            return None
+        state = json.loads((d / STATE_FILE).read_text())
+        target = run.path / state["path"]
+        state["restored"] = not target.exists() and not run.is_done(state["stage"])
+        if state["restored"]:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".restoring")
+            shutil.copyfile(d / "checkpoint.pt", tmp)
+            os.replace(tmp, target)
+    return state
+
+
+class RayTrainLauncher(Launcher):
+    """Runs a learning stage's core over ``resources.workers`` Ray Train workers (one process otherwise).
+    The workers resume from the stage's checkpoint like a single process; rank 0 writes the outputs."""
+
+    def run(self, ctx: RunContext, st: StageHandle, core: StageCore) -> dict[str, Any]:
+        from fnatune import tune as ft
+
+        r = ctx.cfg.resources
+        if r.workers <= 1:
+            return core(ctx, st, None)
+        result = worker_result(st)
+        result.unlink(missing_ok=True)
+        ctx.progress(f"  {st.name}: data-parallel over {r.workers} workers", force=True)
+        ft.data_parallel(run_worker, worker_plan(ctx, st, core), r.workers, ft.Resources(r.cpu or 1.0, r.gpu),
+                         ctx.run.tune_storage / f"dp-{st.name}", what=st.name)
+        return json.loads(result.read_text())
+
+
+def run_trial(config: dict[str, Any], payload: TrialSpec) -> None:
     """The Tune trainable: one pipeline run in the trial's directory (resumed if it exists)."""
     import logging
 
     import torch
 
     from fnatune import tune as ft
-    from fnatune.config import validate
+    from fnatune.pipeline import execute, variant_config
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # Ray's INFO lines per checkpoint, in the trial's output
-    if spec["cwd"] and os.path.isdir(spec["cwd"]):
-        os.chdir(spec["cwd"])  # relative data paths in configs mean the directory `fnatune run` was started in
-    ctx = ft.trial_context()
-    torch.set_num_threads(max(1, int(ctx["cpus"])))
-    base = validate(spec["cfg"], "experiment config")
-    run_dir = Path(spec["run_dir"])
-    kind = spec["shape"]
-    if kind == "single":
-        cfg, tdir, name, parent = base, run_dir, None, None
-    elif kind == "variants":
+    spec = payload
+    if spec.cwd and os.path.isdir(spec.cwd):
+        os.chdir(spec.cwd)  # relative data paths in configs mean the directory `fnatune run` was started in
+    info = ft.trial_info()
+    torch.set_num_threads(max(1, int(info.cpus)))
+    base = validate(spec.cfg, "experiment config")
+    root = RunDir(spec.run_dir)
+    if spec.shape == "single":
+        cfg, run, name, parent = base, root, None, None
+    elif spec.shape == "variants":
         v = next(v for v in base.variants if v.name == config["variant"])
-        cfg, tdir, name, parent = variant_config(base, v.set, v.name), run_dir / "variants" / v.name, v.name, spec["parent"]
+        cfg, run, name, parent = variant_config(base, v.set, v.name), root.variant(v.name), v.name, spec.parent
     else:
-        overrides = {k: config[k] for k in spec["keys"]}
-        tid = ctx["trial_id"]
-        cfg, tdir, parent = variant_config(base, overrides, tid), run_dir / "trials" / tid, spec["parent"]
-        name = f"{tid} " + ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in overrides.items())
-    prepare_run_dir(cfg, tdir, f"trial {name or cfg.name} of {spec['source']}")
-    restored = ft.restore_checkpoint(tdir)
+        overrides = {k: config[k] for k in spec.keys}
+        cfg, run, parent = variant_config(base, overrides, info.trial_id), root.trial(info.trial_id), spec.parent
+        name = f"{info.trial_id} " + ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in overrides.items())
+    run.write_config(cfg, f"trial {name or cfg.name} of {spec.source}")
+    restored = restore_from_tune(run)
     prefix = f"[{name.split(' ')[0]}] " if name else ""
     progress = Progress(lambda s: print(prefix + s, flush=True))
     if restored:
         how = "restored from Tune's copy" if restored["restored"] else "found in the trial directory"
         progress(f"resuming {restored['stage']} from its checkpoint at step {restored['step']} ({how})", force=True)
-    reporter = ft.TuneReporter(tdir, cfg.tune.checkpoint_every_s)
-    (tdir / TRIAL_ERROR).unlink(missing_ok=True)
+    run.set_trial_error(None)
     try:
-        execute(cfg, tdir, spec["uri"], progress=progress, source=spec["source"], parent_id=parent, reporter=reporter,
-                run_name=name)
+        execute(cfg, run, spec.uri, progress=progress, source=spec.source, parent_id=parent,
+                reporter=TrialReporter(run, cfg.tune.checkpoint_every_s), launcher=RayTrainLauncher(), run_name=name)
     except FnatuneError as e:
         # a user error (config, data, install): a retry cannot fix it, so the trial ends here and the
         # driver reports the message; anything else propagates and Tune retries from the checkpoint
-        atomic_write_json(tdir / TRIAL_ERROR, {"error": str(e)})
+        run.set_trial_error(str(e))
         return
-    tags = {"fnatune.node_ip": ctx["node_ip"], "fnatune.node_id": ctx["node_id"], "fnatune.trial_id": ctx["trial_id"]}
-    if kind == "variants":
+    tags = {"fnatune.node_ip": info.node_ip, "fnatune.node_id": info.node_id, "fnatune.trial_id": info.trial_id}
+    if spec.shape == "variants":
         tags["fnatune.variant"] = name or ""
-    _tracker(spec).set_tags(_state(tdir)["parent_run"], tags)
+    make_tracker(spec.uri, spec.experiment, spec.tracking).set_tags(run.state()["parent_run"], tags)
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _tracker(spec: dict[str, Any]) -> Any:
-    return make_tracker(spec["uri"], spec["experiment"], spec["tracking"])
-
-
 # ------------------------------------------------------------------------------------------ the driver
-def _param_space(cfg: PipelineCfg) -> tuple[dict[str, Any], list[str]]:
+def _params(cfg: PipelineCfg) -> dict[str, Any]:
+    from fnatune import tune as ft
+
     if cfg.sweep is None:
-        if cfg.variants:
-            return {"variant": {"grid": [v.name for v in cfg.variants]}}, []
-        return {}, []
-    space: dict[str, Any] = {}
+        return {"variant": ft.Param("grid", tuple(v.name for v in cfg.variants))} if cfg.variants else {}
+    out = {}
     for key, spec in cfg.sweep.params.items():
         if cfg.sweep.method == "grid":
-            space[key] = {"grid": spec}
+            out[key] = ft.Param("grid", tuple(spec))
         elif isinstance(spec, list):
-            space[key] = {"choice": spec}
+            out[key] = ft.Param("choice", tuple(spec))
         else:
-            space[key] = dict(spec)
-    return space, list(cfg.sweep.params)
+            (kind, values), = spec.items()
+            out[key] = ft.Param(kind, tuple(values))
+    return out
 
 
-def _objectives(cfg: PipelineCfg) -> tuple[list[str], list[str]]:
-    assert cfg.sweep is not None
-    names = {"metric": task_metric(cfg), "cost": "cost"}
-    modes = {"metric": "max", "cost": "min"}
-    return [names[o] for o in cfg.sweep.objectives], [modes[o] for o in cfg.sweep.objectives]
+def _plan(cfg: PipelineCfg, spec: TrialSpec, run: RunDir, address: str | None) -> Any:
+    from fnatune import tune as ft
+
+    r = cfg.resources
+    single = shape(cfg) == "single"
+    cpu = r.cpu if r.cpu is not None else float(os.cpu_count() or 1) if single and r.workers == 1 else 1.0
+    if r.workers > 1:  # a data-parallel trial only coordinates; its Ray Train workers hold the CPUs and GPUs
+        own, need = ft.Resources(0.01, 0.0), ft.Resources(cpu * r.workers + 0.01, r.gpu * r.workers)
+    else:
+        own = need = ft.Resources(cpu, r.gpu)
+    optuna = asha = None
+    sw = cfg.sweep
+    if sw is not None and sw.method == "optuna":
+        names = {"metric": cfg.metric_name(), "cost": "cost"}
+        modes = {"metric": "max", "cost": "min"}
+        optuna = ft.OptunaPlan(tuple(names[o] for o in sw.objectives), tuple(modes[o] for o in sw.objectives),
+                               sw.sampler or ("nsga2" if len(sw.objectives) > 1 else "tpe"), sw.seed)
+    if sw is not None and sw.asha is not None:
+        a = sw.asha
+        asha = ft.AshaPlan("search_epoch", a.metric, a.mode, cfg.search.epochs, a.grace_period, a.reduction_factor)
+    return ft.TrialPlan(
+        trainable=run_trial, payload=spec, storage=run.tune_storage, resources=own, need=need, params=_params(cfg),
+        local=address is None, retries=cfg.tune.retries, keep_checkpoints=cfg.tune.keep_checkpoints,
+        pending_timeout_s=cfg.tune.pending_timeout_s, optuna=optuna, asha=asha,
+        max_concurrent=sw.max_concurrent if sw else None, num_samples=sw.num_samples if optuna and sw else 1)
 
 
-def run_experiment(cfg: PipelineCfg, run_dir: Path, *, tracking_uri: str | None = None, address: str | None = None,
-                   source: str = "<config>", resume: bool = False) -> dict[str, Any]:
+def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str | None = None,
+                   address: str | None = None, source: str = "<config>", resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a pipeline as Tune trials; see the module docstring. Returns the summary that
     ``fnatune run`` prints: the single run's stage records, or the rows of the variants/sweep table."""
     from fnatune import tune as ft
@@ -140,78 +265,45 @@ def run_experiment(cfg: PipelineCfg, run_dir: Path, *, tracking_uri: str | None 
     check_sweep_keys(cfg, source)
     # Ray's own convention: RAY_ADDRESS (set inside a Ray job) names the cluster; without it, a local Ray
     address = address or os.environ.get("RAY_ADDRESS") or None
-    prepare_run_dir(cfg, run_dir, source)
-    run_dir = run_dir.resolve()
-    state = _state(run_dir)
+    run = RunDir(Path(run_dir))
+    run.write_config(cfg, source)
+    run = RunDir(run.path.resolve())
+    state = run.state()
     uri = tracking_uri or state.get("tracking_uri") or cfg.tracking.uri or default_tracking_uri()
     kind = shape(cfg)
-    spec: dict[str, Any] = {"cfg": cfg.model_dump(mode="json", by_alias=True), "run_dir": str(run_dir), "uri": uri,
-                            "experiment": cfg.tracking.experiment, "tracking": cfg.tracking.enabled, "shape": kind,
-                            "source": source, "cwd": os.getcwd(), "parent": None, "keys": []}
     tracker = make_tracker(uri, cfg.tracking.experiment, cfg.tracking.enabled)
     state["tracking_uri"] = tracker.uri
-    spec["uri"] = tracker.uri
+    parent = None
     if kind != "single":
         parent = state.get("parent_run")
         if parent is None or not tracker.run_exists(parent):
-            from fnatune.config import flatten
-
-            parent = tracker.start_run(cfg.name, tags={"fnatune.run_dir": str(run_dir), "fnatune.shape": kind})
+            parent = tracker.start_run(cfg.name, tags={"fnatune.run_dir": str(run.path), "fnatune.shape": kind})
             tracker.log_params(parent, flatten(cfg))
             if cfg.sweep is not None:
                 tracker.log_params(parent, {f"sweep.{k}": v for k, v in
                                             cfg.sweep.model_dump(mode="json", exclude={"params"}).items()})
                 tracker.log_params(parent, {f"sweep.params.{k}": json.dumps(v) for k, v in cfg.sweep.params.items()})
-            tracker.log_artifact(parent, run_dir / "config.yaml")
+            tracker.log_artifact(parent, run.config_path)
         state["parent_run"] = parent
-        spec["parent"] = parent
-    space, keys = _param_space(cfg)
-    spec["keys"] = keys
-    state["tune"] = {"storage": str(run_dir / "tune"), "experiment": ft.EXPERIMENT, "shape": kind}
-    atomic_write_json(run_dir / RUN_STATE, state)
-
-    r = cfg.resources.model_copy()
-    if r.cpu is None:
-        r.cpu = float(os.cpu_count() or 1) if kind == "single" and r.workers == 1 else 1.0
-    dp = r.workers > 1
-    # a data-parallel trial only coordinates; its Ray Train workers hold the CPUs and GPUs
-    per_trial = {"cpu": 0.01, "gpu": 0.0} if dp else {"cpu": r.cpu, "gpu": r.gpu}
-    need_cpu, need_gpu = (r.cpu * r.workers + per_trial["cpu"], r.gpu * r.workers) if dp else (r.cpu, r.gpu)
-    plan = ft.TrialPlan(trainable=run_trial, spec=spec, param_space=space, resources=per_trial,
-                        storage=run_dir / "tune", retries=cfg.tune.retries, keep_checkpoints=cfg.tune.keep_checkpoints,
-                        pending_timeout_s=cfg.tune.pending_timeout_s, extra={"local": address is None})
-    if dp:
-        plan.extra["dp_need"] = {"cpu": need_cpu, "gpu": need_gpu}
-    sw = cfg.sweep
-    if sw is not None:
-        plan.max_concurrent = sw.max_concurrent
-        if sw.method == "optuna":
-            metric, mode = _objectives(cfg)
-            plan.search = {"metric": metric, "mode": mode, "seed": sw.seed,
-                           "sampler": sw.sampler or ("nsga2" if len(metric) > 1 else "tpe")}
-            plan.num_samples = sw.num_samples
-        if sw.asha is not None:
-            plan.asha = {**sw.asha.model_dump(), "max_t": cfg.search.epochs}
-    local_cpus = max(os.cpu_count() or 1, math.ceil(need_cpu))  # a local Ray: enough logical CPUs for one trial
+    spec = TrialSpec(cfg.model_dump(mode="json", by_alias=True), str(run.path), tracker.uri, cfg.tracking.experiment,
+                     cfg.tracking.enabled, kind, source, os.getcwd(), parent,
+                     tuple(cfg.sweep.params) if cfg.sweep else ())
+    state["tune"] = {"storage": str(run.tune_storage), "experiment": ft.EXPERIMENT, "shape": kind}
+    run.write_state(state)
+    plan = _plan(cfg, spec, run, address)
+    local_cpus = max(os.cpu_count() or 1, math.ceil(plan.need.cpu))  # a local Ray: enough logical CPUs for one trial
     with ft.ray_session(address, num_cpus=local_cpus if address is None else None):
         # A sweep restores Tune's experiment (its searcher state, its trial ids); one run or the variants
         # simply run again: every trial continues from its own directory (done stages, checkpoints).
         results = ft.run_trials(plan, resume=resume and kind == "sweep")
     if kind == "single":
-        if trial_error(run_dir):
-            raise FnatuneError(trial_error(run_dir))
-        if results and results[0]["error"]:
-            raise FnatuneError(f"the run failed after {cfg.tune.retries} retries: {results[0]['error']}")
-        return {"shape": kind, "stages": _stage_records(run_dir)}
+        if run.trial_error():
+            raise FnatuneError(run.trial_error())
+        if results and results[0].error:
+            raise FnatuneError(f"the run failed after {cfg.tune.retries} retries: {results[0].error}")
+        return {"shape": kind, "stages": run.stage_records()}
     from fnatune.summary import summarise
 
-    summary = summarise(cfg, run_dir, results, tracker, state["parent_run"])
-    tracker.end_run(state["parent_run"], "FAILED" if all(r["error"] for r in results) else "FINISHED")
+    summary = summarise(cfg, run, results, tracker, state["parent_run"])
+    tracker.end_run(state["parent_run"], "FINISHED" if any(r["complete"] for r in summary["rows"]) else "FAILED")
     return {"shape": kind, **summary}
-
-
-def _stage_records(run_dir: Path) -> dict[str, Any]:
-    out = {}
-    for done in sorted((run_dir / "stages").glob("*/done.json")):
-        out[done.parent.name] = json.loads(done.read_text())
-    return out

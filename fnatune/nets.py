@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from fnatune.arch import Arch, Skeleton, Tap
+from fnatune.blocks import SKIP, build_op
 from fnatune.errors import ArchError
-from fnatune.ops import SKIP, BNOptions, ConvBNAct, build_op
+from fnatune.layers import BNOptions, ConvBNAct
 from fnatune.space import SearchSpace
 
 
@@ -192,8 +193,7 @@ class SuperNet(_Backbone):
         self.alphas = nn.ParameterList(
             nn.Parameter(alpha_init_std * torch.randn(len(space.candidates(s, l)))) for s, l in self.positions
         )
-        first = space.arch([[st.candidates(l)[0] for l in range(st.layers)] for st in space.stages])
-        self.feature_info = _feature_info(sk, first.tap_channels)
+        self.feature_info = _feature_info(sk, space.first_arch().tap_channels)
 
     # ----------------------------------------------------------------------------------- parameters
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -270,30 +270,44 @@ class SuperNet(_Backbone):
         indices = [int(torch.argmax(a.detach())) for a in self.alphas]
         return self.arch_of(indices).sorted_skips()
 
-    def child_state_dict(self, arch: Arch) -> dict[str, Tensor]:
-        """The super net's weights for ``arch``, keyed like ``ChildNet(arch).state_dict()``.
+    def _source_of(self, s: int, l: int, op: str) -> nn.Module:
+        """The module of this super net that holds layer ``(s, l)``'s weights when it runs ``op``."""
+        layer = self.stages[s][l]
+        return layer.candidates[layer.names.index(op)] if isinstance(layer, MixedLayer) else layer
 
-        Candidate ``stages.s.l.candidates.i.X`` becomes ``stages.s.l.X``; everything else keeps its key.
-        This is how a child inherits super-net weights (an FNA ablation; FNA itself remaps from the seed).
-        """
-        self.space.validate(arch)
-        out: dict[str, Tensor] = {}
-        for key, t in self.state_dict().items():
-            parts = key.split(".")
-            if parts[0] == "alphas":
+    def _copy_into(self, child: ChildNet, arch: Arch, strict: bool) -> None:
+        """Module by module (stem, every layer's chosen op, tail), the tensors of this net's module go into
+        the child's. ``strict``: the child's module has exactly those tensors; otherwise the ones this net
+        lacks (the BN state candidate BNs do not keep) stay at the child's init."""
+        pairs: list[tuple[nn.Module, nn.Module]] = [(self.stem, child.stem)]
+        if self.tail is not None and child.tail is not None:
+            pairs.append((self.tail, child.tail))
+        pairs += [(self._source_of(s, l, op), child.stages[s][l]) for s, l, op in arch.layers() if op != SKIP]
+        for src, dst in pairs:
+            if strict:
+                dst.load_state_dict(src.state_dict(), strict=True)
                 continue
-            if parts[0] == "stages" and len(parts) > 4 and parts[3] == "candidates":
-                s, l, i = int(parts[1]), int(parts[2]), int(parts[4])
-                if self.space.candidates(s, l)[i] != arch.ops[s][l]:
-                    continue
-                key = ".".join(parts[:3] + parts[5:])
-            out[key] = t
-        return out
+            have = src.state_dict()
+            with torch.no_grad():
+                for name, t in dst.state_dict().items():
+                    if name in have:
+                        t.copy_(have[name])
+
+    def inherit_child(self, arch: Arch) -> ChildNet:
+        """A plain :class:`ChildNet` of ``arch`` (ordinary BN) with this super net's weights: conv weights
+        and the fixed layers' BN state are copied; candidate BNs keep none, so the child's BNs there start
+        at their init. This is how a child inherits super-net weights (an FNA ablation; FNA itself remaps
+        from the seed)."""
+        self.space.validate(arch)
+        child = ChildNet(arch, bn=self.bn)
+        self._copy_into(child, arch, strict=False)
+        return child
 
     def extract_child(self, arch: Arch) -> ChildNet:
-        """A :class:`ChildNet` of ``arch`` with this super net's weights and BN modes."""
+        """A :class:`ChildNet` of ``arch`` with this super net's weights and BN modes (candidate layers keep
+        the candidates' batch-statistics BN), so it computes exactly this net's single path."""
         self.space.validate(arch)
         layer_bn = {p: self.candidate_bn for p in self.positions if arch.ops[p[0]][p[1]] != SKIP}
         child = ChildNet(arch, bn=self.bn, layer_bn=layer_bn)
-        child.load_state_dict(self.child_state_dict(arch), strict=True)
+        self._copy_into(child, arch, strict=True)
         return child

@@ -1,11 +1,18 @@
 """A tiny named registry: ``@registry.register("name")`` and ``registry.create("name")``.
 
-Registries replace string surgery: spaces, seeds and (later) tasks are looked up by name, and an unknown
-name produces an error listing the known ones and the closest match.
+Registries replace string surgery: spaces, seeds, block families and tasks are looked up by name, and an
+unknown name produces an error listing the known ones and the closest match.
+
+A registry fills itself on first use: ``loader`` imports the modules that register the built-in entries
+(:func:`import_submodules` finds every public submodule of a package, so a new entry is a new file and no
+list to edit), then :func:`load_plugins` imports what other installed packages declare under the entry-point
+group (``[project.entry-points."fnatune.tasks"]`` in their ``pyproject.toml``).
 """
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -14,13 +21,37 @@ from fnatune.errors import UnknownNameError
 T = TypeVar("T")
 
 
+def import_submodules(package: str) -> None:
+    """Import every submodule of ``package`` whose name does not start with ``_`` (their registrations run)."""
+    pkg = importlib.import_module(package)
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+
+
+def load_plugins(group: str) -> None:
+    """Import the modules other installed distributions declare under entry-point ``group``."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=group):
+        ep.load()
+
+
 class Registry(Generic[T]):
     """Maps names to factories that build ``T``."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
         self._docs: dict[str, str] = {}
+        self._loader = loader
+        self._loaded = loader is None
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # first: the modules the loader imports register into this registry
+            assert self._loader is not None
+            self._loader()
 
     def register(self, name: str, doc: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator registering a factory under ``name``; re-registering a name is an error."""
@@ -36,6 +67,7 @@ class Registry(Generic[T]):
         return deco
 
     def names(self) -> list[str]:
+        self._ensure_loaded()
         return sorted(self._factories)
 
     def doc(self, name: str) -> str:
@@ -43,6 +75,7 @@ class Registry(Generic[T]):
         return self._docs[name]
 
     def factory(self, name: str) -> Callable[..., T]:
+        self._ensure_loaded()
         try:
             return self._factories[name]
         except KeyError:
@@ -58,4 +91,5 @@ class Registry(Generic[T]):
         return f"unknown {self.kind} '{name}'.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}."
 
     def __contains__(self, name: object) -> bool:
+        self._ensure_loaded()
         return name in self._factories

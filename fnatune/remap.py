@@ -6,18 +6,19 @@ The rules, at three levels:
   extra layers copy the stage's *last* seed layer. In a child net skip layers carry nothing and the
   i-th non-skip layer maps to seed layer ``min(i, L-1)`` (what FNA gets after sorting skips to the end).
   In a super net every candidate of layer ``l`` maps to seed layer ``min(l, L-1)``.
-- **width**: the overlap of channels is copied, one index set applied consistently to the expand-conv
-  outputs, both BNs, the depthwise filters and the project-conv inputs. Default: the first k channels;
-  variant ``bn_gamma``: the k hidden channels with the largest ``|gamma|`` of the seed's expand BN.
+- **width**: the overlap of channels is copied. Inside a block, the block's family applies one channel
+  index set consistently to every tensor that channel dimension runs through. Default: the first k
+  channels; variant ``bn_gamma``: the k channels with the largest ``|gamma|`` of the BN that scales them.
   New channels (width expansion) are zero, or zero + noise with ``noise=True``; new BN entries keep
   their init (gamma 1, beta 0, mean 0, var 1).
 - **kernel**: the seed kernel is placed at the centre of a larger kernel, zeros around (variant
   ``dilation``: on a dilated lattice, 3x3 -> 5x5 at {0,2,4}, 7x7 at {0,3,6}); a smaller kernel is the
   centre crop.
 
-The tensor rules below are pure functions; :func:`remap_into` walks two networks structurally (stem,
-stages, layers, tail) and writes the results, so no parameter name is ever parsed. Every tensor of
-the target gets a :class:`TensorRecord` in the :class:`RemapReport`.
+The depth rule and the walk over two networks (stem, stages, layers, tail) are here; what goes where
+inside one block is its family's remap rule (:mod:`fnatune.blocks`), written with the generic tensor
+rules of :class:`TensorWriter`. So no parameter name is ever parsed. Every tensor of the target gets a
+:class:`TensorRecord` in the :class:`RemapReport`.
 """
 from __future__ import annotations
 
@@ -25,47 +26,38 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from pydantic import ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from fnatune.arch import Arch
+from fnatune.blocks import SKIP, Block, Skip, family_of
+from fnatune.config.sections import KernelRule, RemapCfg
 from fnatune.errors import RemapError
 from fnatune.io import atomic_write_json
-from fnatune.ops import ConvBNAct, MBConv, kaiming_uniform_like
+from fnatune.layers import ConvBNAct, kaiming_uniform_like
 from fnatune.seeds import Seed
 from fnatune.space import SearchSpace
 
-WidthRule = Literal["index", "bn_gamma"]
-KernelRule = Literal["centre", "dilation"]
-NoiseRegion = Literal["new", "all"]
 ACTIONS = ("copied", "cropped", "centre_padded", "lattice_padded", "expanded", "noise", "left_at_init")
 
 
-@dataclass(frozen=True)
-class RemapOptions:
-    """Which remapping rules to use. The defaults are FNA's; the others are the paper's ablations.
+class RemapOptions(RemapCfg):
+    """Which remapping rules to use: the pipeline's ``remap`` section (:class:`~fnatune.config.sections.RemapCfg`,
+    FNA's rules by default, the paper's ablations as options) plus ``seed``, which seeds the noise sample."""
 
-    ``noise`` is FNA++'s "zero with slight noise" for entries that have no seed counterpart:
-    ``noise_scale`` x a Kaiming-uniform sample, added to the new entries only (``noise_region="new"``)
-    or, as the maintainer's snippet does, to the whole tensor (``"all"``). Conv weights only.
-    """
-
-    width: WidthRule = "index"
-    kernel: KernelRule = "centre"
-    noise: bool = False
-    noise_scale: float = 1e-5
-    noise_region: NoiseRegion = "new"
+    model_config = ConfigDict(extra="forbid", frozen=True)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        for name, allowed in (("width", ("index", "bn_gamma")), ("kernel", ("centre", "dilation")),
-                              ("noise_region", ("new", "all"))):
-            if getattr(self, name) not in allowed:
-                raise RemapError(f"remap option {name}={getattr(self, name)!r} is not one of {allowed}")
-        if self.noise_scale < 0:
-            raise RemapError(f"remap option noise_scale must be >= 0, got {self.noise_scale}")
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise RemapError(f"remap option {key}={err.get('input')!r}: {err['msg']}") from None
 
 
 @dataclass
@@ -106,7 +98,7 @@ class RemapReport:
         return {
             "seed": self.seed,
             "target": self.target,
-            "options": asdict(self.options),
+            "options": self.options.model_dump(mode="json"),
             "counts": self.counts(),
             "tensors": [
                 {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(r).items()} for r in self.records
@@ -181,15 +173,10 @@ def remap_vector(src: Tensor, dst: Tensor, index: Tensor) -> tuple[Tensor, str]:
     return new, "copied"
 
 
-def hidden_index(seed_op: MBConv, width: int, rule: WidthRule = "index") -> Tensor:
-    """Seed hidden channels used for a target hidden width ``width`` (sorted, so order is kept)."""
-    k = min(width, seed_op.hidden)
-    if rule == "index" or k == seed_op.hidden:
-        return torch.arange(k)
-    bn = seed_op.expand.bn if seed_op.expand is not None else seed_op.dw.bn
-    if bn.weight is None:
-        raise RemapError("width rule 'bn_gamma' needs BN scales in the seed, but its BN has affine=False")
-    top = torch.argsort(bn.weight.detach().abs(), descending=True, stable=True)[:k]
+def top_channels(scores: Tensor, k: int) -> Tensor:
+    """The ``k`` channels with the largest ``scores`` (ties: the lower index), in ascending index order
+    (FNA's Algorithm 1: ``sort(topk_indices(v, k))``), so the kept channels keep their order."""
+    top = torch.argsort(scores.detach(), descending=True, stable=True)[:k]
     return torch.sort(top).values
 
 
@@ -197,9 +184,10 @@ def _is_prefix(index: Tensor) -> bool:
     return bool(torch.equal(index, torch.arange(len(index))))
 
 
-# ------------------------------------------------------------------------------------------ module walk
-class _Writer:
-    """Applies the tensor rules to module pairs and records what happened."""
+# ------------------------------------------------------------------------------------------ the writer
+class TensorWriter:
+    """Applies the tensor rules to module pairs and records what happened. Block families call it from
+    their remap rule (:meth:`fnatune.blocks.BlockFamily.remap`) and never touch a tensor name."""
 
     def __init__(self, target: nn.Module, options: RemapOptions) -> None:
         self.options = options
@@ -218,6 +206,25 @@ class _Writer:
             self._src_names.get(id(src)) if src is not None else None,
             tuple(src.shape) if src is not None else None,
         )
+
+    @staticmethod
+    def leading(n: int) -> Tensor:
+        """The first ``n`` channels: the overlap rule for channels no width rule ranks (block inputs, outputs)."""
+        return torch.arange(n)
+
+    def channels(self, n_src: int, n_dst: int, bn: nn.BatchNorm2d | None = None, weight: Tensor | None = None) -> Tensor:
+        """Which of a seed's ``n_src`` channels fill the first ``min(n_src, n_dst)`` of the target, by the
+        width rule: the first ones (``index``), or those whose BN scale ``|gamma|`` is largest (``bn_gamma``).
+        ``bn`` is the BN that scales that channel dimension and ``weight`` the tensor whose dim 0 it is."""
+        k = min(n_src, n_dst)
+        rule = self.options.width
+        if rule == "index" or k == n_src:
+            return torch.arange(k)
+        if rule == "bn_gamma":
+            if bn is None or bn.weight is None:
+                raise RemapError("width rule 'bn_gamma' needs BN scales in the seed, but its BN has affine=False")
+            return top_channels(bn.weight.abs(), k)
+        raise RemapError(f"width rule '{rule}' is not implemented by the writer")
 
     @torch.no_grad()
     def conv(self, src: nn.Conv2d, dst: nn.Conv2d, out_idx: Tensor, in_idx: Tensor) -> None:
@@ -255,37 +262,72 @@ class _Writer:
         self.conv(src.conv, dst.conv, out_idx, in_idx)
         self.bn(src.bn, dst.bn, out_idx)
 
-    def mbconv(self, src: MBConv, dst: MBConv) -> None:
-        cin = torch.arange(min(src.c_in, dst.c_in))
-        cout = torch.arange(min(src.c_out, dst.c_out))
-        hid = hidden_index(src, dst.hidden, self.options.width)
-        if dst.expand is not None and src.expand is not None:
-            self.conv_bn(src.expand, dst.expand, hid, cin)
-        self.conv_bn(src.dw, dst.dw, hid, hid)
-        self.conv(src.project.conv, dst.project.conv, cout, hid)
-        self.bn(src.project.bn, dst.project.bn, cout)
+    def overlap(self, src: ConvBNAct, dst: ConvBNAct) -> None:
+        """A fixed conv + BN (stem, tail): the leading overlap of both channel dimensions."""
+        self.conv_bn(src, dst, self.leading(min(src.conv.out_channels, dst.conv.out_channels)),
+                     self.leading(min(src.conv.in_channels, dst.conv.in_channels)))
+
+    def block(self, src: Block, dst: Block, where: str) -> None:
+        """A seed block into a target block of the same family, by that family's rule."""
+        fam, theirs = family_of(src), family_of(dst)
+        if fam is None or theirs is None or fam is not theirs:
+            raise RemapError(f"{where}: the seed's block is {_kind(src)} but the target's is {_kind(dst)}; a block "
+                             "is remapped only into a block of its own family")
+        fam.remap(self, src, dst)
 
 
-def _layer_pairs(seed_net: nn.Module, target: nn.Module) -> Iterator[tuple[MBConv, MBConv]]:
-    """(seed layer, target op) pairs following the depth rule."""
+def _kind(m: nn.Module) -> str:
+    fam = family_of(m)
+    return f"'{m.name}' ({fam.name if fam else 'skip'})"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------------ the walk
+def _families(ops: list[str]) -> set[str]:
+    return {f.name for f in map(family_of, ops) if f is not None}
+
+
+def fit_problem(seed: Seed, target: Arch | SearchSpace) -> str | None:
+    """Why ``seed`` cannot be remapped into ``target`` (a space or an arch), or None when it can: both need
+    the same stage count, and each stage's blocks must be of the seed stage's block family."""
+    name = f"space '{target.name}'" if isinstance(target, SearchSpace) else "the target"
+    seed_ops = seed.arch.ops
+    n_target = len(target.stages) if isinstance(target, SearchSpace) else len(target.ops)
+    if len(seed_ops) != n_target:
+        return (f"seed '{seed.name}' has {len(seed_ops)} stages after the stem but {name} has {n_target}; "
+                "remapping works stage by stage, so both need the same stage count")
+    for s, ops in enumerate(seed_ops):
+        if isinstance(target, SearchSpace):
+            theirs = _families([o for l in range(target.stages[s].layers) for o in target.candidates(s, l)])
+        else:
+            theirs = _families(list(target.ops[s]))
+        mine = _families(list(ops))
+        if theirs and not theirs <= mine:
+            return (f"seed '{seed.name}' does not fit {name}: stage {s} of the seed has {', '.join(sorted(mine))} "
+                    f"blocks, {name} has {', '.join(sorted(theirs))} blocks there; choose a seed of that "
+                    "family or a space made of the seed's blocks")
+    return None
+
+
+def _layer_pairs(seed_net: nn.Module, target: nn.Module) -> Iterator[tuple[Block, Block, str]]:
+    """(seed block, target block, where) following the depth rule."""
     from fnatune.nets import ChildNet, MixedLayer
 
     for s, (seed_stage, stage) in enumerate(zip(seed_net.stages, target.stages)):
-        seed_layers = [m for m in seed_stage if isinstance(m, MBConv)]
+        seed_layers = [m for m in seed_stage if not isinstance(m, Skip)]
         if not seed_layers:
             raise RemapError(f"seed stage {s} has no layers with parameters")
         depth = 0
         for l, layer in enumerate(stage):
             if isinstance(layer, MixedLayer):
                 src = seed_layers[min(l, len(seed_layers) - 1)]
-                for op in layer.candidates:
-                    if isinstance(op, MBConv):
-                        yield src, op
+                for name, op in zip(layer.names, layer.candidates):
+                    if name != SKIP:
+                        yield src, op, f"stage {s} layer {l} candidate '{name}'"
                 continue
-            if not isinstance(layer, MBConv):  # skip
+            if isinstance(layer, Skip):
                 continue
             position = depth if isinstance(target, ChildNet) else l
-            yield seed_layers[min(position, len(seed_layers) - 1)], layer
+            yield seed_layers[min(position, len(seed_layers) - 1)], layer, f"stage {s} layer {l}"
             depth += 1
 
 
@@ -296,22 +338,17 @@ def remap_into(seed: Seed, target: nn.Module, options: RemapOptions | None = Non
     options = options or RemapOptions()
     if not isinstance(target, (ChildNet, SuperNet)):
         raise RemapError(f"remap target must be a ChildNet or SuperNet, got {type(target).__name__}")
+    problem = fit_problem(seed, target.space if isinstance(target, SuperNet) else target.arch)
+    if problem:
+        raise RemapError(problem)
     seed_net = seed.build()
-    n_seed, n_target = len(seed_net.stages), len(target.stages)
-    if n_seed != n_target:
-        raise RemapError(f"seed '{seed.name}' has {n_seed} stages after the stem but the target has {n_target}; "
-                         "remapping works stage by stage, so both need the same stage count")
-    w = _Writer(target, options)
+    w = TensorWriter(target, options)
     w.name_sources(seed_net)
-    full = lambda n: torch.arange(n)
-    w.conv_bn(seed_net.stem, target.stem, full(min(seed_net.stem.conv.out_channels, target.stem.conv.out_channels)),
-              full(min(seed_net.stem.conv.in_channels, target.stem.conv.in_channels)))
-    for src, dst in _layer_pairs(seed_net, target):
-        w.mbconv(src, dst)
+    w.overlap(seed_net.stem, target.stem)
+    for src, dst, where in _layer_pairs(seed_net, target):
+        w.block(src, dst, where)
     if target.tail is not None and seed_net.tail is not None:
-        w.conv_bn(seed_net.tail, target.tail,
-                  full(min(seed_net.tail.conv.out_channels, target.tail.conv.out_channels)),
-                  full(min(seed_net.tail.conv.in_channels, target.tail.conv.in_channels)))
+        w.overlap(seed_net.tail, target.tail)
     records = []
     for name, t in target.state_dict(keep_vars=True).items():
         if name.startswith("alphas."):
@@ -320,11 +357,11 @@ def remap_into(seed: Seed, target: nn.Module, options: RemapOptions | None = Non
     return RemapReport(seed.name, _describe(target), options, records)
 
 
-def remap_layer(src: MBConv, dst: MBConv, options: RemapOptions | None = None) -> list[TensorRecord]:
-    """Remap one seed MBConv into another MBConv in place (the width and kernel rules, no depth rule)."""
-    w = _Writer(dst, options or RemapOptions())
+def remap_layer(src: Block, dst: Block, options: RemapOptions | None = None) -> list[TensorRecord]:
+    """Remap one seed block into another block of its family in place (the width and kernel rules, no depth rule)."""
+    w = TensorWriter(dst, options or RemapOptions())
     w.name_sources(src)
-    w.mbconv(src, dst)
+    w.block(src, dst, "block")
     return list(w.records.values())
 
 
@@ -348,6 +385,10 @@ def remap(
     """
     from fnatune.nets import ChildNet, SuperNet
 
+    if isinstance(target, (Arch, SearchSpace)):
+        problem = fit_problem(seed, target)  # before building a network that cannot be filled
+        if problem:
+            raise RemapError(problem)
     if isinstance(target, Arch):
         module: nn.Module = ChildNet(target, **net_kwargs)
     elif isinstance(target, SearchSpace):
@@ -363,11 +404,13 @@ __all__ = [
     "RemapOptions",
     "RemapReport",
     "TensorRecord",
-    "hidden_index",
+    "TensorWriter",
+    "fit_problem",
     "kernel_positions",
     "remap",
     "remap_conv_weight",
     "remap_into",
     "remap_layer",
     "remap_vector",
+    "top_channels",
 ]

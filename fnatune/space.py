@@ -7,6 +7,8 @@ declared from :class:`StageSpec` entries in ``search_spaces/<family>.py`` and re
     def mbv2_det() -> SearchSpace:
         return SearchSpace(name="mbv2_det", stages=[StageSpec(24, stride=2, layers=4, ops=MBV2_OPS), ...])
 
+Registered spaces are looked up with :func:`get_space` / :func:`list_spaces` (:mod:`fnatune.space_registry`).
+
 FNA's rules are built in: the first layer of a stage never offers ``skip`` (it changes stride or
 width, so every stage keeps at least one layer); other layers offer ``skip`` unless ``allow_skip`` is
 off; widths, strides and dilations are fixed. A layer with a single candidate is fixed (not searched).
@@ -15,14 +17,14 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fnatune.arch import Arch, Skeleton, StageShape, Tap
+from fnatune.blocks import SKIP, inner_width, parse_op
 from fnatune.errors import ArchError
-from fnatune.ops import SKIP, hidden_channels, parse_op
-from fnatune.registry import Registry
+from fnatune.space_registry import get_space, list_spaces, register_space
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class SearchSpace:
                                     f"{st.layers}-layer stage")
                 c_in = skel.layer_io(t.stage, t.layer)[0]
                 cands = st.candidates(t.layer)
-                widths = {hidden_channels(op, c_in) for op in cands}
+                widths = {inner_width(op, c_in) for op in cands}
                 if len(widths) != 1 or None in widths:
                     raise ArchError(
                         f"space '{self.name}': tap '{tap}' needs every candidate of stage {t.stage} layer "
@@ -196,6 +198,11 @@ class SearchSpace:
             ops[s][l] = cands[int(i)]
         return self.arch(ops)
 
+    def first_arch(self) -> Arch:
+        """Every layer's first candidate: a point of the space (its taps have the space's widths, which no
+        choice of ops changes)."""
+        return self.arch([[st.candidates(l)[0] for l in range(st.layers)] for st in self.stages])
+
     def sample(self, rng: random.Random | int | None = None) -> Arch:
         """A uniformly random architecture (each layer's candidate drawn uniformly)."""
         r = rng if isinstance(rng, random.Random) else random.Random(rng)
@@ -236,27 +243,4 @@ class SearchSpace:
         return "\n".join(lines)
 
 
-_SPACES: Registry[SearchSpace] = Registry("search space")
-
-
-def register_space(name: str) -> Callable[[Callable[[], SearchSpace]], Callable[[], SearchSpace]]:
-    """Decorator registering a zero-argument factory that returns a :class:`SearchSpace`."""
-    return _SPACES.register(name)
-
-
-def _load_builtin_spaces() -> None:
-    import search_spaces  # noqa: F401  (registers the bundled families on import)
-
-
-def list_spaces() -> list[str]:
-    _load_builtin_spaces()
-    return _SPACES.names()
-
-
-def get_space(name: str) -> SearchSpace:
-    """The registered space ``name`` (``mbv2_det``, ``mbv2_seg``, ...)."""
-    _load_builtin_spaces()
-    space = _SPACES.create(name)
-    if space.name != name:
-        raise ArchError(f"space factory '{name}' returned a space named '{space.name}'")
-    return space
+__all__ = ["SearchSpace", "StageSpec", "get_space", "list_spaces", "register_space", "with_output_stride"]

@@ -10,19 +10,15 @@ from typing import Any
 
 from fnatune.config import PipelineCfg
 from fnatune.io import atomic_write_json, atomic_write_text
-from fnatune.pipeline import _state
+from fnatune.rundir import RunDir
 
 
-def _trial_row(tdir: Path) -> dict[str, Any]:
-    def done(stage: str) -> dict[str, Any]:
-        p = tdir / "stages" / stage / "done.json"
-        return json.loads(p.read_text()) if p.exists() else {}
-
-    ev, ex = done("evaluate").get("metrics", {}), done("export").get("metrics", {})
-    arch = json.loads((tdir / "arch.json").read_text()) if (tdir / "arch.json").exists() else None
+def _trial_row(run: RunDir) -> dict[str, Any]:
+    ev, ex = run.done("evaluate").get("metrics", {}), run.done("export").get("metrics", {})
+    arch = json.loads(run.arch_path.read_text()) if run.arch_path.exists() else None
     from fnatune.arch import Arch
 
-    hours = sum(json.loads(p.read_text()).get("hours", 0.0) for p in tdir.glob("stages/*/done.json"))
+    hours = sum(r.get("hours", 0.0) for r in run.stage_records().values())
     return {"metrics": ev, "params_M": (ex.get("params") or 0) / 1e6 or None,
             "madds_B": (ex.get("madds_paper_resolution") or 0) / 1e9 or None, "hours": hours,
             "arch": Arch.from_dict(arch).block_string() if arch and ex else "", "complete": bool(ex)}
@@ -86,35 +82,31 @@ def pareto_plot(rows: list[dict[str, Any]], metric: str, out: Path, title: str) 
     return out
 
 
-def summarise(cfg: PipelineCfg, run_dir: Path, results: list[dict[str, Any]], tracker: Any, parent: str) -> dict[str, Any]:
-    """Rows for every trial of a variants or sweep run, the tables and (sweeps) the Pareto front."""
-    from fnatune.experiment import task_metric
-
-    metric = task_metric(cfg)
+def summarise(cfg: PipelineCfg, run: RunDir, results: Sequence[Any], tracker: Any, parent: str) -> dict[str, Any]:
+    """Rows for every trial (:class:`fnatune.tune.TrialResult`) of a variants or sweep run, the tables and
+    (sweeps) the Pareto front."""
+    metric = cfg.metric_name()
+    run_dir = run.path
     rows: list[dict[str, Any]] = []
     if cfg.sweep is None:
-        errors = {r["config"].get("variant"): r["error"] for r in results}
-        from fnatune.experiment import trial_error
-
+        errors = {r.config.get("variant"): r.error for r in results}
         for v in cfg.variants:
-            tdir = run_dir / "variants" / v.name
-            row = {"name": v.name, "set": v.set, **_trial_row(tdir)}
-            why = trial_error(tdir) or errors.get(v.name) or "incomplete"
+            trial = run.variant(v.name)
+            row = {"name": v.name, "set": v.set, **_trial_row(trial)}
+            why = trial.trial_error() or errors.get(v.name) or "incomplete"
             row["status"] = "done" if row["complete"] else f"failed: {why}"
             rows.append(row)
         table = variants_table(rows, metric)
         name = "ablation_summary"
     else:
-        from fnatune.experiment import trial_error
-
         keys = list(cfg.sweep.params)
-        for r in sorted(results, key=lambda r: r["trial_id"]):
-            tdir = run_dir / "trials" / r["trial_id"]
-            r["error"] = trial_error(tdir) or r["error"]
-            row = {"name": r["trial_id"], "set": {k: r["config"].get(k) for k in keys}, **_trial_row(tdir)}
-            row["status"] = "done" if row["complete"] else (f"failed: {r['error']}" if r["error"] else "stopped early")
+        for r in sorted(results, key=lambda r: r.trial_id):
+            trial = run.trial(r.trial_id)
+            error = trial.trial_error() or r.error
+            row = {"name": r.trial_id, "set": {k: r.config.get(k) for k in keys}, **_trial_row(trial)}
+            row["status"] = "done" if row["complete"] else (f"failed: {error}" if error else "stopped early")
             if not row["complete"]:
-                _close_trial_run(tracker, tdir, "FAILED" if r["error"] else "KILLED", row["status"])
+                _close_trial_run(tracker, trial, "FAILED" if error else "KILLED", row["status"])
             rows.append(row)
         ok = [i for i, r in enumerate(rows) if r["complete"] and r["metrics"].get(metric) is not None]
         for i in pareto_front([(rows[j]["metrics"][metric], rows[j]["madds_B"]) for j in ok]):
@@ -138,8 +130,8 @@ def summarise(cfg: PipelineCfg, run_dir: Path, results: list[dict[str, Any]], tr
     return {"rows": rows, "table": table, "metric": metric}
 
 
-def _close_trial_run(tracker: Any, tdir: Path, status: str, why: str) -> None:
-    run_id = _state(tdir).get("parent_run") if tdir.exists() else None
+def _close_trial_run(tracker: Any, trial: RunDir, status: str, why: str) -> None:
+    run_id = trial.state().get("parent_run")
     if run_id and tracker.run_exists(run_id):
         tracker.set_tags(run_id, {"fnatune.outcome": why[:250]})
         tracker.end_run(run_id, status)

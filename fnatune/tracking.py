@@ -116,11 +116,27 @@ class MlflowTracker(Tracker):
         self.client.set_terminated(run_id, status=status)
 
     def run_exists(self, run_id: str) -> bool:
+        """Whether the store has run ``run_id``. Only the store's own "does not exist" answer means no: any
+        other failure (a tracking server that does not answer) raises, so a resumed run never forks its
+        history into a new MLflow run because of a passing error."""
+        from mlflow.exceptions import MlflowException
+
         try:
             self.client.get_run(run_id)
             return True
-        except Exception:
-            return False
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise TrackingUnavailable(f"MLflow at {self.uri} could not tell whether run {run_id} exists "
+                                      f"({e.error_code}: {e.message})") from e
+        except Exception as e:  # connection errors of a remote store
+            raise TrackingUnavailable(f"MLflow at {self.uri} could not tell whether run {run_id} exists "
+                                      f"({type(e).__name__}: {e})") from e
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store failed in a way that can pass (a server down, a network error). Not a
+    :class:`~fnatune.errors.FnatuneError`: a Tune trial that hits it is retried from its checkpoint."""
 
 
 def make_tracker(uri: str | None, experiment: str, enabled: bool = True) -> Tracker:

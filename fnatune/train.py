@@ -1,50 +1,33 @@
 """The plain training loop used by fine-tuning (parameter adaptation) and seed pretraining.
 
-Iteration-based like the paper's recipes (100K iterations for Cityscapes). ``loss_fn(batch)`` returns
-the scalar loss; the loop owns the optimiser, the LR schedule (a pure function of the iteration),
-gradient clipping, optional mixed precision on CUDA, periodic evaluation, atomic checkpoints and an
-exact resume (model, optimiser, iteration, RNG states and the stream's position).
+Iteration-based like the paper's recipes (100K iterations for Cityscapes). The settings are a
+:class:`~fnatune.config.sections.TrainLoopCfg` (the pipeline's ``finetune`` section, or the one
+:meth:`~fnatune.config.sections.PretrainCfg.loop` builds). ``loss_fn(batch)`` returns the scalar loss; the
+loop owns the optimiser, the LR schedule (a pure function of the iteration), gradient clipping, optional
+mixed precision on CUDA, periodic evaluation, atomic checkpoints and an exact resume (model, optimiser,
+iteration, RNG states and the stream's position; :mod:`fnatune.loop`).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fnatune.errors import FnatuneError
-from fnatune.io import atomic_torch_save
-from fnatune.schedule import LRSchedule, set_lr
-from fnatune.search import (
+from fnatune.config.sections import TrainLoopCfg
+from fnatune.loop import (
+    LoopCheckpoint,
     NonFiniteLossError,
-    OptimSpec,
-    _rng_state,
-    _set_rng_state,
+    all_finite,
     build_optimizer,
+    clip_gradients,
+    rng_state,
+    set_rng_state,
 )
-
-CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class TrainSettings:
-    iters: int = 1000
-    optim: OptimSpec = field(default_factory=lambda: OptimSpec("sgd", 0.01, 0.9, 5e-4))
-    policy: str = "poly"
-    power: float = 0.9
-    milestones: list[int] = field(default_factory=list)  # iterations, step policy
-    gamma: float = 0.1
-    warmup_iters: int = 0
-    warmup_ratio: float = 0.01
-    log_every: int = 50          # an "epoch" of metrics (mean loss, lr) every this many iterations
-    eval_every: int = 0          # 0: evaluate only at the end
-    checkpoint_every: int = 200
-    amp: str = "none"            # none | bf16 | fp16 (CUDA only)
-    seed: int = 1
+from fnatune.schedule import LRSchedule, set_lr
 
 
 class TrainObserver:
@@ -58,15 +41,16 @@ class TrainObserver:
 class Trainer:
     """Runs (or resumes) ``settings.iters`` iterations of ``loss_fn`` over ``stream`` in ``workdir``."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[Any], Tensor], stream: Any, settings: TrainSettings,
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Any], Tensor], stream: Any, settings: TrainLoopCfg,
                  workdir: str | Path, observer: TrainObserver | None = None,
-                 evaluate: Callable[[], dict[str, float]] | None = None, dp: Any = None) -> None:
-        self.model, self.loss_fn, self.stream, self.s = model, loss_fn, stream, settings
+                 evaluate: Callable[[], dict[str, float]] | None = None, seed: int = 1, dp: Any = None) -> None:
+        self.model, self.loss_fn, self.stream, self.s, self.seed = model, loss_fn, stream, settings, seed
         self.workdir = Path(workdir)
         self.dp = dp  # a fnatune.distributed.DataParallel: averaged gradients, rank 0's buffers and checkpoints
         main = dp is None or dp.is_main
         self.observer = (observer or TrainObserver()) if main else TrainObserver()
         self.evaluate = evaluate if main else None
+        self.ckpt = LoopCheckpoint(self.workdir, "fnatune-train", dp)
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = build_optimizer(params, settings.optim)
         self.schedule = LRSchedule(settings.optim.lr, settings.iters, settings.policy, settings.warmup_iters,
@@ -79,43 +63,28 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.workdir / CHECKPOINT
+        return self.ckpt.path
 
     def save_checkpoint(self) -> Path:
-        if self.dp is not None and not self.dp.is_main:
-            from fnatune.distributed import rank_file
-
-            path = atomic_torch_save({"rng": _rng_state(self.gen), "stream": self.stream.state_dict()},
-                                     rank_file(self.checkpoint_path, self.dp.rank))
-            self.dp.barrier()
-            return path
-        path = atomic_torch_save({
-            "format": "fnatune-train", "version": 1, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-            "it": self.it, "acc": dict(self.acc), "log": self.log, "rng": _rng_state(self.gen),
-            "stream": self.stream.state_dict(),
-        }, self.checkpoint_path)
-        if self.dp is not None:
-            self.dp.barrier()
+        path = self.ckpt.save(
+            full=lambda: {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "it": self.it,
+                          "acc": dict(self.acc), "log": self.log, "rng": rng_state(self.gen),
+                          "stream": self.stream.state_dict()},
+            own=lambda: {"rng": rng_state(self.gen), "stream": self.stream.state_dict()})
         self.observer.on_checkpoint(path, {"it": self.it, "iters": self.s.iters})
         return path
 
     def load_checkpoint(self) -> bool:
-        if not self.checkpoint_path.exists():
+        loaded = self.ckpt.load()
+        if loaded is None:
             return False
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        if state.get("format") != "fnatune-train":
-            raise FnatuneError(f"{self.checkpoint_path} is not a fnatune training checkpoint")
+        state, own = loaded
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.it, self.acc, self.log = int(state["it"]), dict(state["acc"]), list(state["log"])
-        self.stream.load_state_dict(state["stream"])
-        _set_rng_state(state["rng"], self.gen)
-        if self.dp is not None and not self.dp.is_main:
-            from fnatune.distributed import rank_file
-
-            own = torch.load(rank_file(self.checkpoint_path, self.dp.rank), map_location="cpu", weights_only=True)
-            self.stream.load_state_dict(own["stream"])
-            _set_rng_state(own["rng"], self.gen)
+        mine = own or state
+        self.stream.load_state_dict(mine["stream"])
+        set_rng_state(mine["rng"], self.gen)
         return True
 
     def _autocast(self) -> Any:
@@ -131,24 +100,19 @@ class Trainer:
             self.dp.broadcast_buffers(self.model)
         with self._autocast():
             loss = self.loss_fn(self.stream.next())
-        ok = bool(torch.isfinite(loss.detach()).all())
-        if self.dp is not None:
-            ok = self.dp.all_ok(ok)
-        if not ok:
-            last = self.checkpoint_path if self.checkpoint_path.exists() else "none yet"
+        if not all_finite(loss, self.dp):
             raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at iteration {self.it}; "
-                                     f"training stopped; last good checkpoint: {last}")
+                                     f"training stopped; last good checkpoint: {self.ckpt.describe()}")
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
         else:
             loss.backward()
+        params = [p for g in self.opt.param_groups for p in g["params"]]
         if self.dp is not None:
-            self.dp.average_grads(p for g in self.opt.param_groups for p in g["params"])
-        if self.s.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"] if p.grad is not None],
-                                           self.s.optim.grad_clip)
+            self.dp.average_grads(params)
+        clip_gradients(params, self.s.optim.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -161,8 +125,8 @@ class Trainer:
         """Train to ``settings.iters`` (resuming first). Returns the log (one entry per ``log_every``)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.load_checkpoint():
-            torch.manual_seed(self.s.seed)
-            self.gen.manual_seed(self.s.seed)
+            torch.manual_seed(self.seed)
+            self.gen.manual_seed(self.seed)
         self.model.train()
         t0, taken = time.perf_counter(), 0
         while self.it < self.s.iters:

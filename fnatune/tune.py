@@ -1,40 +1,37 @@
-"""Ray Tune and Ray Train behind a small interface; the only module that imports ``ray``.
+"""Ray Tune and Ray Train behind a small, typed interface; the only module that imports ``ray``.
 
-Every ``fnatune run`` is a Tune experiment (see :mod:`fnatune.experiment` for what its trials are):
+It knows nothing of fnatune's stages, configs or run directories: it runs the trials of a
+:class:`TrialPlan` and hands each one an opaque payload (what a trial is, and what happens around it, is
+:mod:`fnatune.experiment`'s business).
 
 * :func:`ray_session` starts a local Ray for the run, quietly and bound to 127.0.0.1 only, or joins
   the cluster at ``--address`` after checking that it answers (an unreachable address fails in seconds
   with the command that starts one).
-* :func:`run_trials` runs the trials with :class:`ray.tune.Tuner`: one function trainable
-  (:func:`_trial`) that calls :func:`fnatune.pipeline.execute` in the trial's directory, with a
-  :class:`TuneReporter` that forwards the stage loops' metrics (per search epoch, per fine-tune log
-  interval, per stage) and their checkpoints to ``tune.report``. A retried or restored trial first
-  puts its last Tune checkpoint back where the stage loop looks for it (if that file was lost with its
-  node), then resumes like ``fnatune resume``. Tune's storage is ``<run_dir>/tune``.
-* :func:`data_parallel` runs one learning stage over N Ray Train workers inside a trial.
+* :func:`run_trials` runs a plan's trials with :class:`ray.tune.Tuner` (a grid, Optuna TPE / NSGA-II, ASHA,
+  a concurrency limit, retries) and returns one :class:`TrialResult` per trial.
+* Inside a trial: :func:`trial_info`, :func:`report` (metrics, optionally with a checkpoint folder that Tune
+  copies into its storage) and :func:`last_checkpoint` (Tune's latest copy, on a retry or a restore).
+* :func:`data_parallel` runs a function over N Ray Train workers with a torch process group.
 
 Ray changes its reporting API every few releases (DESIGN §4); nothing outside this file needs to know.
+Every use of Ray's private API is in the compatibility section at the end, written for Ray 2.60.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import shutil
 import socket
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ray.tune import Callback, Stopper
 
 from fnatune.errors import FnatuneError
-from fnatune.pipeline import Reporter
 
 LOCALHOST = "127.0.0.1"
 EXPERIMENT = "experiment"
@@ -43,7 +40,89 @@ START_HINT = ("start one with `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --h
               "`ray up cluster.yaml` for the GPU cluster; or leave out --address to run on a local Ray "
               "that fnatune starts and stops for you")
 LOG_DRAIN_S = 0.3  # Ray's log monitor polls the workers' log files every 0.1 s
-FAULT_ENV = "FNATUNE_TEST_FAULT"  # "stage:step": fail once at that checkpoint (tests of retries)
+
+
+# ------------------------------------------------------------------------------------------ plans
+@dataclass(frozen=True)
+class Resources:
+    cpu: float
+    gpu: float = 0.0
+
+    def asdict(self) -> dict[str, float]:
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One swept dimension: ``grid`` (every value) or ``choice`` over ``values``; ``uniform``,
+    ``loguniform`` or ``randint`` (hi exclusive) over ``values = (lo, hi)``."""
+
+    kind: Literal["grid", "choice", "uniform", "loguniform", "randint"]
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class OptunaPlan:
+    """Optuna as Tune's searcher: one metric (TPE) or several (NSGA-II), each with its mode."""
+
+    metrics: tuple[str, ...]
+    modes: tuple[Literal["min", "max"], ...]
+    sampler: Literal["tpe", "nsga2"]
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AshaPlan:
+    """Asynchronous successive halving on ``metric``, with ``time_attr`` as the trials' clock."""
+
+    time_attr: str
+    metric: str
+    mode: Literal["min", "max"]
+    max_t: int
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What :func:`run_trials` runs. ``trainable(config, payload)`` is called in every trial with its sampled
+    ``config`` (the keys of ``params``) and the plan's ``payload`` (plain data; it travels to the trials).
+    ``resources`` is what a trial's own process asks for, ``need`` what it holds in all, with any
+    data-parallel workers it starts (what the cluster must be able to give)."""
+
+    trainable: Callable[[dict[str, Any], Any], None]
+    payload: Any
+    storage: Path
+    resources: Resources
+    need: Resources
+    params: Mapping[str, Param] = field(default_factory=dict)
+    local: bool = True
+    retries: int = 2
+    keep_checkpoints: int = 2
+    pending_timeout_s: float = 600.0
+    optuna: OptunaPlan | None = None
+    asha: AshaPlan | None = None
+    max_concurrent: int | None = None
+    num_samples: int = 1
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """Inside a trial: its id and name, the CPUs it was given and the node it runs on."""
+
+    trial_id: str
+    trial_name: str
+    cpus: float
+    node_id: str
+    node_ip: str
 
 
 # ------------------------------------------------------------------------------------------ the Ray runtime
@@ -86,24 +165,8 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise FnatuneError(f"no Ray cluster answers at {address} ({e.strerror or e}); {START_HINT}") from None
 
 
-def _token_auth_if_available() -> None:
-    """Ray (2.52+) turns token authentication on for clusters it starts, but a driver joining an explicit
-    address sends its token only with RAY_AUTH_MODE=token, and is otherwise refused with a bare "failed to
-    connect". Like Ray's own ``address="auto"``: if a token is at hand and the mode is unset, use it (a
-    cluster without authentication accepts such a driver too)."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
 def _forwarded_env() -> dict[str, str]:
-    """Our own variables (cache location, test hooks) travel to the trials on every node."""
+    """Our own variables (the cache location) and MLflow's travel to the trials on every node."""
     return {k: v for k, v in os.environ.items() if k.startswith("FNATUNE_") or k == "MLFLOW_TRACKING_URI"}
 
 
@@ -115,7 +178,6 @@ def ray_session(address: str | None = None, num_cpus: float | None = None, num_g
     loopback = address is None or _on_loopback(address)
     _quiet_environment(local=loopback)
     import ray
-    from ray._private import ray_constants
 
     if ray.is_initialized():
         yield dict(ray.cluster_resources())
@@ -124,212 +186,109 @@ def ray_session(address: str | None = None, num_cpus: float | None = None, num_g
     runtime_env = {"env_vars": {**_forwarded_env(), "RAY_CHDIR_TO_TRIAL_DIR": "0"}}
     if address is not None:
         _check_reachable(address)
-        _token_auth_if_available()
-    was = ray_constants.ENABLE_RAY_CLUSTER
-    if loopback:  # the same switch as the env var, for a ray imported before it was set
-        ray_constants.ENABLE_RAY_CLUSTER = False
+        _compat_token_auth_if_required(address)
     try:
-        if address is not None:
-            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=True)
-        else:
-            # address="local": a Ray of our own even when `ray start` left a cluster on this machine
-            # (plain ray.init() would join that one, and refuse num_cpus)
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
-                     include_dashboard=False, _node_ip_address=LOCALHOST, runtime_env=runtime_env,
-                     logging_level=logging.ERROR, log_to_driver=True, configure_logging=True)
+        with _compat_loopback_resolution(loopback):
+            if address is not None:
+                ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=True)
+            else:
+                # address="local": a Ray of our own even when `ray start` left a cluster on this machine
+                # (plain ray.init() would join that one, and refuse num_cpus)
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
+                         include_dashboard=False, _node_ip_address=LOCALHOST, runtime_env=runtime_env,
+                         logging_level=logging.ERROR, log_to_driver=True, configure_logging=True)
     except Exception as e:  # ConnectionError, or a version mismatch with the cluster
         if address is None:
             raise
         raise FnatuneError(f"could not join the Ray cluster at {address}: {e}; {START_HINT}") from None
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = was
     try:
         yield dict(ray.cluster_resources())
     finally:
         time.sleep(LOG_DRAIN_S)  # the log monitor forwards the trials' last lines before Ray goes
         if address is None:
-            _kill_autoscaler_monitor()
+            _compat_kill_autoscaler_monitor()
         ray.shutdown()
 
 
-def _kill_autoscaler_monitor() -> None:
-    """A local Ray has nothing to autoscale, but its head still runs the autoscaler's monitor, which sits
-    out the whole second of grace ``ray.shutdown`` gives it after SIGTERM. Killing it first saves that
-    second on every local run. Private Ray API, so any surprise just leaves the usual shutdown."""
-    try:
-        from ray._private import ray_constants, worker
-
-        node = worker._global_node
-        for info in (node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []):
-            info.process.kill()
-            info.process.wait(timeout=5)
-    except Exception:  # an optimisation, never a reason to fail a finished run
-        pass
-
-
-def node_addresses() -> list[str]:
-    """The IP address every live node of the current Ray cluster registered with."""
+# ------------------------------------------------------------------------------------------ inside a trial
+def trial_info() -> TrialInfo:
     import ray
+    from ray import tune
 
-    return [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
-
-
-# ------------------------------------------------------------------------------------------ reporting
-class TuneReporter(Reporter):
-    """Forwards a trial's progress to Ray Tune. Metrics are carried forward (each report holds the latest
-    value of everything reported so far, as ``<stage>_<name>``), so schedulers and searchers find their
-    metric in every result; the evaluate stage's metrics also appear under their own names (``mIoU``), and
-    the export stage's whole-network MAdds as ``cost``. A stage checkpoint becomes a Tune checkpoint,
-    holding that file and where it belongs in the trial directory, when ``checkpoint_every_s`` has passed
-    since the last one (``tune.checkpoint_every_s``; 0: every one)."""
-
-    def __init__(self, trial_dir: Path, checkpoint_every_s: float = 0.0) -> None:
-        self.trial_dir = trial_dir
-        self.carry: dict[str, float] = {}
-        self.every_s = checkpoint_every_s
-        self.last_copy = time.monotonic()  # the first copy waits one interval too: a retry redoes at most that
-
-    def metrics(self, stage: str, metrics: dict[str, Any]) -> None:
-        from ray import tune
-
-        self._carry(stage, metrics)
-        tune.report(dict(self.carry))
-
-    def checkpoint(self, stage: str, path: Path, progress: dict[str, Any]) -> None:
-        from ray import tune
-
-        step = progress.get("step", progress.get("it", 0))
-        self.carry[f"{stage}_step"] = float(step)
-        if time.monotonic() - self.last_copy < self.every_s:
-            # Tune copies every checkpoint it is given (a supernet with its optimiser state is tens of MB
-            # at toy size); between copies the metrics still go out
-            tune.report(dict(self.carry))
-        else:
-            # the staging folder sits next to the checkpoint, so the hard link never crosses file systems
-            with tempfile.TemporaryDirectory(prefix=".tune-ckpt-", dir=Path(path).parent) as d:
-                try:
-                    os.link(path, Path(d) / "checkpoint.pt")  # no copy here; Tune copies it into its storage
-                except OSError:
-                    shutil.copyfile(path, Path(d) / "checkpoint.pt")
-                rel = os.path.relpath(path, self.trial_dir)
-                (Path(d) / "fnatune_state.json").write_text(json.dumps({"stage": stage, "path": rel, "step": step}))
-                tune.report(dict(self.carry), checkpoint=tune.Checkpoint.from_directory(d))
-            self.last_copy = time.monotonic()
-        self._maybe_fail(stage, step, path)
-
-    def _carry(self, stage: str, metrics: dict[str, Any]) -> None:
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-                self.carry[f"{stage}_{k}"] = float(v)
-                if stage == "evaluate":
-                    self.carry[k] = float(v)
-        if stage == "export" and "madds_paper_resolution" in metrics:
-            self.carry["cost"] = float(metrics["madds_paper_resolution"]) / 1e9  # GMAdds, whole network
-
-    def _maybe_fail(self, stage: str, step: int, path: Path) -> None:
-        """Test hook (``FNATUNE_TEST_FAULT=search:4``): fail once at that checkpoint, after deleting the
-        local copy of the checkpoint as a lost node would, so the retry must restore Tune's copy."""
-        spec = os.environ.get(FAULT_ENV, "")
-        want_stage, _, want_step = spec.partition(":")
-        marker = self.trial_dir / ".fault_injected"
-        if want_stage != stage or not want_step.isdigit() or step < int(want_step) or marker.exists():
-            return
-        marker.write_text(f"{stage}:{step}\n")
-        Path(path).unlink(missing_ok=True)
-        raise RuntimeError(f"injected fault in {stage} at step {step} ({FAULT_ENV})")
+    ctx = tune.get_context()
+    res = ctx.get_trial_resources()
+    cpus = sum(b.get("CPU", 0.0) for b in res.bundles) if res is not None else 1.0
+    return TrialInfo(ctx.get_trial_id(), ctx.get_trial_name(), cpus, ray.get_runtime_context().get_node_id(),
+                     ray.util.get_node_ip_address())
 
 
-def restore_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
-    """Put the trial's last Tune checkpoint back into ``trial_dir`` when the local copy is gone (its node
-    was lost, its disk wiped). A local checkpoint is kept: it is never older than Tune's copy of it."""
+def report(metrics: Mapping[str, float], checkpoint_dir: Path | None = None) -> None:
+    """Report ``metrics``; with ``checkpoint_dir``, Tune also copies that folder into its storage as the
+    trial's newest checkpoint (the folder may go once this returns)."""
+    from ray import tune
+
+    if checkpoint_dir is None:
+        tune.report(dict(metrics))
+    else:
+        tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+
+@contextmanager
+def last_checkpoint() -> Iterator[Path | None]:
+    """The trial's newest checkpoint folder in Tune's storage (a retry's or a restored trial's), or None."""
     from ray import tune
 
     ckpt = tune.get_checkpoint()
     if ckpt is None:
-        return None
+        yield None
+        return
     with ckpt.as_directory() as d:
-        state = json.loads((Path(d) / "fnatune_state.json").read_text())
-        target = trial_dir / state["path"]
-        done = trial_dir / "stages" / state["stage"] / "done.json"
-        state["restored"] = not target.exists() and not done.exists()
-        if state["restored"]:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".restoring")
-            shutil.copyfile(Path(d) / "checkpoint.pt", tmp)
-            os.replace(tmp, target)
-    return state
+        yield Path(d)
 
 
 # ------------------------------------------------------------------------------------------ trials
-@dataclass
-class TrialPlan:
-    """What :func:`run_trials` needs, all plain data (it travels to the trials)."""
-
-    trainable: Callable[..., None]          # fnatune.experiment.run_trial(config, spec)
-    spec: dict[str, Any]                    # passed to every trial unchanged
-    param_space: dict[str, Any]             # {"key": {"grid": [...]} | {"uniform": [lo, hi]} | ...}
-    resources: dict[str, float]             # per trial: cpu, gpu
-    storage: Path                           # Tune storage (run_dir/tune)
-    retries: int = 2
-    keep_checkpoints: int = 2
-    pending_timeout_s: float = 600.0
-    search: dict[str, Any] | None = None    # {"method": "optuna", "metric": [...], "mode": [...], ...}
-    asha: dict[str, Any] | None = None
-    max_concurrent: int | None = None
-    num_samples: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _space(param_space: dict[str, Any]) -> dict[str, Any]:
+def _space(params: Mapping[str, Param]) -> dict[str, Any]:
     from ray import tune
 
-    out: dict[str, Any] = {}
-    for key, spec in param_space.items():
-        (kind, arg), = spec.items()
-        out[key] = {"grid": lambda a: tune.grid_search(list(a)), "choice": lambda a: tune.choice(list(a)),
-                    "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
-                    "randint": lambda a: tune.randint(*a), "value": lambda a: a}[kind](arg)
-    return out
+    build = {"grid": lambda v: tune.grid_search(list(v)), "choice": lambda v: tune.choice(list(v)),
+             "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+             "randint": lambda v: tune.randint(*v)}
+    return {key: build[p.kind](p.values) for key, p in params.items()}
 
 
 def _search_alg(plan: TrialPlan) -> Any:
-    if not plan.search:
+    if plan.optuna is None:
         return None
     from optuna.samplers import NSGAIISampler, TPESampler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    s = plan.search
-    sampler = NSGAIISampler(seed=s["seed"]) if s["sampler"] == "nsga2" else TPESampler(seed=s["seed"])
-    metric, mode = s["metric"], s["mode"]
-    alg = OptunaSearch(metric=metric if len(metric) > 1 else metric[0], mode=mode if len(mode) > 1 else mode[0],
-                       sampler=sampler, seed=s["seed"])
+    o = plan.optuna
+    sampler = NSGAIISampler(seed=o.seed) if o.sampler == "nsga2" else TPESampler(seed=o.seed)
+    one = len(o.metrics) == 1
+    alg = OptunaSearch(metric=o.metrics[0] if one else list(o.metrics), mode=o.modes[0] if one else list(o.modes),
+                       sampler=sampler, seed=o.seed)
     return ConcurrencyLimiter(alg, max_concurrent=plan.max_concurrent) if plan.max_concurrent else alg
 
 
 def _scheduler(plan: TrialPlan) -> Any:
-    if not plan.asha:
+    if plan.asha is None:
         return None
     from ray.tune.schedulers import ASHAScheduler
 
     a = plan.asha
-    return ASHAScheduler(time_attr="search_epoch", metric=a["metric"], mode=a["mode"], max_t=a["max_t"],
-                         grace_period=a["grace_period"], reduction_factor=a["reduction_factor"])
+    return ASHAScheduler(time_attr=a.time_attr, metric=a.metric, mode=a.mode, max_t=a.max_t,
+                         grace_period=a.grace_period, reduction_factor=a.reduction_factor)
 
 
 def _echo(text: str) -> None:
     print(text, flush=True)
 
 
-def _callbacks_and_stopper(plan: TrialPlan) -> tuple[list[Any], Any, dict[str, Any]]:
-    """A callback that prints one line per trial event (instead of Tune's tables and tracebacks) and watches
-    for trials that wait for resources longer than the timeout; a stopper that then ends the experiment.
-    Module-level classes with plain state: Tune pickles both into its experiment state."""
-    watch = _Events(plan.retries, plan.pending_timeout_s)
-    return [watch], _StopOnTimeout(watch), watch.state
-
-
 class _Events(Callback):
+    """One line per trial event (instead of Tune's tables and tracebacks), and a watch for trials that wait
+    for resources longer than the timeout. Plain state: Tune pickles it into its experiment state."""
+
     def __init__(self, retries: int, timeout: float) -> None:
         self.retries, self.timeout = retries, timeout
         self.state: dict[str, Any] = {"waiting_since": None, "timed_out": False}
@@ -383,7 +342,7 @@ def _first_line(trial: Any) -> str:
 
 
 def _resource_error(plan: TrialPlan, cluster: dict[str, float], waited: float | None) -> FnatuneError:
-    need = {k: v for k, v in plan.extra.get("dp_need", plan.resources).items() if v}
+    need = {k: v for k, v in plan.need.asdict().items() if v}
     have = {k: cluster.get(k.upper(), 0.0) for k in ("cpu", "gpu")}
     how = (f"no trial could start within tune.pending_timeout_s = {waited:g} s" if waited is not None else
            "this Ray cannot run even one trial")
@@ -392,45 +351,45 @@ def _resource_error(plan: TrialPlan, cluster: dict[str, float], waited: float | 
                         f"tune.pending_timeout_s if the cluster is still scaling up.")
 
 
-def run_trials(plan: TrialPlan, resume: bool = False) -> list[dict[str, Any]]:
-    """Run (or, with ``resume``, restore and finish) the experiment; returns one summary per trial:
-    ``{"trial_id", "config", "status", "metrics", "error"}``. Needs a :func:`ray_session`."""
+def run_trials(plan: TrialPlan, resume: bool = False) -> list[TrialResult]:
+    """Run (or, with ``resume``, restore and finish) the plan's experiment in ``plan.storage``; returns one
+    :class:`TrialResult` per trial. Needs a :func:`ray_session`."""
     import ray
     from ray import tune
 
     cluster = dict(ray.cluster_resources())
-    need = plan.extra.get("dp_need", plan.resources)
-    if plan.extra.get("local") and any(v > cluster.get(k.upper(), 0.0) for k, v in need.items()):
+    if plan.local and any(v > cluster.get(k.upper(), 0.0) for k, v in plan.need.asdict().items()):
         raise _resource_error(plan, cluster, None)  # nothing will ever join a local Ray: say so now
-    trainable = tune.with_resources(tune.with_parameters(plan.trainable, spec=plan.spec), plan.resources)
-    callbacks, stopper, watch = _callbacks_and_stopper(plan)
+    trainable = tune.with_resources(tune.with_parameters(plan.trainable, payload=plan.payload),
+                                    plan.resources.asdict())
+    watch = _Events(plan.retries, plan.pending_timeout_s)
     run_config = tune.RunConfig(
-        name=EXPERIMENT, storage_path=str(plan.storage.resolve()), verbose=0, callbacks=callbacks, stop=stopper,
-        failure_config=tune.FailureConfig(max_failures=plan.retries),
+        name=EXPERIMENT, storage_path=str(plan.storage.resolve()), verbose=0, callbacks=[watch],
+        stop=_StopOnTimeout(watch), failure_config=tune.FailureConfig(max_failures=plan.retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.keep_checkpoints))
     path = plan.storage.resolve() / EXPERIMENT
     if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=_space(plan.param_space),
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=_space(plan.params),
                                    resume_unfinished=True, resume_errored=True)
     else:
         if path.exists():
             shutil.rmtree(path)  # an experiment Tune cannot restore: the trials resume from their own directories
-        tuner = tune.Tuner(trainable, param_space=_space(plan.param_space), run_config=run_config,
+        tuner = tune.Tuner(trainable, param_space=_space(plan.params), run_config=run_config,
                            tune_config=tune.TuneConfig(
                                num_samples=plan.num_samples, search_alg=_search_alg(plan), scheduler=_scheduler(plan),
-                               max_concurrent_trials=None if plan.search else plan.max_concurrent,
+                               max_concurrent_trials=None if plan.optuna else plan.max_concurrent,
                                trial_dirname_creator=lambda t: t.trial_id))
     # Tune logs every failed attempt with a full traceback; our callback prints one line instead.
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     grid = tuner.fit()
-    if watch["timed_out"]:
+    if watch.state["timed_out"]:
         raise _resource_error(plan, cluster, plan.pending_timeout_s)
     out = []
     for r in grid:
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
-        out.append({"trial_id": trial_id, "config": dict(r.config or {}), "metrics": dict(r.metrics or {}),
-                    "error": None if r.error is None else _error_text(r.error)})
+        out.append(TrialResult(trial_id, dict(r.config or {}), dict(r.metrics or {}),
+                               None if r.error is None else _error_text(r.error)))
     return out
 
 
@@ -441,50 +400,102 @@ def _error_text(err: BaseException) -> str:
     return text[-1] if text else type(cause).__name__
 
 
-def trial_context() -> dict[str, Any]:
-    """Inside a trial: its id and name, the CPUs it was given and the node it runs on."""
-    import ray
-    from ray import tune
-
-    ctx = tune.get_context()
-    res = ctx.get_trial_resources()
-    cpus = sum(b.get("CPU", 0.0) for b in res.bundles) if res is not None else 1.0
-    rt = ray.get_runtime_context()
-    return {"trial_id": ctx.get_trial_id(), "trial_name": ctx.get_trial_name(), "cpus": cpus,
-            "node_id": rt.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
-
-
 # ------------------------------------------------------------------------------------------ Ray Train
 def _dp_entry(config: dict[str, Any]) -> None:
-    """First code of every data-parallel worker: the run's working directory and thread count, then the stage."""
+    """First code of every data-parallel worker: the run's working directory and thread count, then the function."""
     import torch
 
-    cwd = config.pop("__cwd__", None)
-    if cwd and os.path.isdir(cwd):
-        os.chdir(cwd)
-    torch.set_num_threads(max(1, int(config.pop("__threads__", 1))))
-    fn = config.pop("__fn__")
-    fn(config)
+    if config["cwd"] and os.path.isdir(config["cwd"]):
+        os.chdir(config["cwd"])
+    torch.set_num_threads(max(1, int(config["threads"])))
+    config["fn"](config["payload"])
 
 
-def data_parallel(fn: Callable[[dict[str, Any]], None], payload: dict[str, Any], resources: Any, storage: Path) -> None:
-    """Run ``fn(payload)`` on ``resources.workers`` Ray Train workers with an initialised process group
-    (gloo on CPU workers, nccl on GPU workers). Raises a FnatuneError naming the first failure."""
+def data_parallel(fn: Callable[[Any], None], payload: Any, workers: int, per_worker: Resources, storage: Path,
+                  what: str = "stage") -> None:
+    """Run ``fn(payload)`` on ``workers`` Ray Train workers with an initialised torch process group (gloo on
+    CPU workers, nccl on GPU workers). Raises a FnatuneError naming the first failure."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    gpu = resources.gpu > 0
-    cpu = resources.cpu or 1.0
-    per_worker = {"CPU": cpu, **({"GPU": resources.gpu} if gpu else {})}
-    config = {**payload, "__fn__": fn, "__cwd__": os.getcwd(), "__threads__": cpu}
+    gpu = per_worker.gpu > 0
+    resources = {"CPU": per_worker.cpu, **({"GPU": per_worker.gpu} if gpu else {})}
+    config = {"fn": fn, "payload": payload, "cwd": os.getcwd(), "threads": per_worker.cpu}
     trainer = TorchTrainer(
         _dp_entry, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=gpu, resources_per_worker=per_worker),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(name=f"dp-{int(time.time() * 1000)}", storage_path=str(storage.resolve()),
                              failure_config=FailureConfig(max_failures=0)))
     try:
         trainer.fit()
     except Exception as e:
-        raise FnatuneError(f"data-parallel {payload.get('stage', 'stage')} over {resources.workers} workers failed: "
-                           f"{_error_text(e)}") from None
+        raise FnatuneError(f"data-parallel {what} over {workers} workers failed: {_error_text(e)}") from None
+
+
+# ------------------------------------------------------------------------------------------ compatibility
+# Ray's private API, written for Ray 2.60. Each use degrades to Ray's ordinary behaviour when it moves.
+@contextmanager
+def _compat_loopback_resolution(loopback: bool) -> Iterator[None]:
+    """While Ray starts or joins on the loopback, switch off its "cluster" IP resolution in-process too (the
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` of :func:`_quiet_environment`, for a ``ray`` imported before it
+    was set): otherwise Ray replaces 127.0.0.1 with the machine's interface address."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:
+        yield
+        return
+    was = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if loopback and was is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if was is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = was
+
+
+def _compat_token_auth_if_required(address: str) -> None:
+    """Ray (2.52+) turns token authentication on for the clusters ``ray.init()`` starts (writing a token to
+    ``~/.ray/auth_token``) and for ``ray start`` when a token exists, but a driver joining an explicit address
+    never turns it on by itself: it is then refused with a bare "failed to connect" after 20 s. Turning it on
+    whenever a token exists is wrong too: a cluster without authentication then drops the driver's actors.
+    So ask the cluster: a GCS client without a token is refused at once by a cluster that needs one, and
+    only then is the token used (an error that says where to put it if there is none)."""
+    if "RAY_AUTH_MODE" in os.environ or address == "auto" or "://" in address:
+        return  # the user's explicit choice, or one Ray makes itself (auto) or through its client (ray://)
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without token authentication
+        return
+    host, port = _host_port(address)
+    try:
+        GcsClient(address=f"{host}:{port}")
+        return  # answered without a token
+    except AuthenticationError:
+        pass
+    except Exception:  # not a GCS we can ask; leave it to ray.init
+        return
+    if not maybe_enable_token_auth_if_token_available(warn_if_disabled=False):
+        raise FnatuneError(f"the Ray cluster at {address} requires token authentication, and no token is at hand: "
+                           "copy the cluster's token (`ray get-auth-token` on its head) to ~/.ray/auth_token, or "
+                           "point RAY_AUTH_TOKEN_PATH at it")
+
+
+def _compat_kill_autoscaler_monitor() -> None:
+    """A local Ray has nothing to autoscale, but its head still runs the autoscaler's monitor, which sits
+    out the whole second of grace ``ray.shutdown`` gives it after SIGTERM. Killing it first saves that
+    second on every local run. Any surprise just leaves the usual shutdown."""
+    try:
+        from ray._private import ray_constants, worker
+
+        node = worker._global_node
+        for info in (node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []):
+            info.process.kill()
+            info.process.wait(timeout=5)
+    except Exception:  # an optimisation, never a reason to fail a finished run
+        return

@@ -44,23 +44,28 @@ def alpha_heatmap(probabilities: Sequence[Sequence[float]], candidates: Sequence
 
 
 def arch_picture(arch: Arch, path: str | Path, title: str = "") -> Path:
-    """One box per layer: width ~ expansion, colour ~ kernel size, skips hatched; stages separated."""
+    """One box per layer as its block family draws it (MBConv: height ~ expansion, colour ~ kernel), skips
+    hatched, stages separated and labelled with their width."""
     import matplotlib.patches as mpatches
 
+    from fnatune.blocks import SKIP, family_of, parse_op
+
     plt = _plt()
-    colours = {1: "#cccccc", 3: "#8ecae6", 5: "#219ebc", 7: "#023047"}
     n = sum(len(s) for s in arch.ops)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * n + 2), 2.6))
+    families = []
     x = 0.0
     for s, stage in enumerate(arch.ops):
         start = x
         for op in stage:
-            if op == "skip":
+            fam = family_of(op)
+            if fam is None:
                 ax.add_patch(mpatches.Rectangle((x, 0.4), 0.35, 0.2, fill=False, hatch="//", ec="#999999"))
             else:
-                k, e = (int(p[1:]) for p in op.split("_"))
-                h = 0.25 + 0.12 * e
-                ax.add_patch(mpatches.Rectangle((x, 0.5 - h / 2), 0.35, h, color=colours.get(k, "#ffb703")))
+                g = fam.glyph(parse_op(op))  # type: ignore[arg-type]
+                ax.add_patch(mpatches.Rectangle((x, 0.5 - g.height / 2), 0.35, g.height, color=g.colour))
+                if fam not in families:
+                    families.append(fam)
             x += 0.45
         ch = arch.skeleton.stages[s].out_channels
         ax.text((start + x - 0.1) / 2, -0.05, f"{ch}", ha="center", va="top", fontsize=7)
@@ -68,8 +73,8 @@ def arch_picture(arch: Arch, path: str | Path, title: str = "") -> Path:
     ax.set_xlim(-0.2, x)
     ax.set_ylim(-0.25, 1.25)
     ax.axis("off")
-    handles = [mpatches.Patch(color=c, label=f"k{k}") for k, c in colours.items() if k > 1]
-    handles.append(mpatches.Patch(fill=False, hatch="//", label="skip"))
+    handles = [mpatches.Patch(color=g.colour, label=g.label) for fam in families for g in fam.legend()]
+    handles.append(mpatches.Patch(fill=False, hatch="//", label=SKIP))
     ax.legend(handles=handles, loc="upper right", ncol=4, fontsize=7, frameon=False)
     ax.set_title(title or arch.block_string(), fontsize=8)
     fig.tight_layout()

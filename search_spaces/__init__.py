@@ -1,8 +1,9 @@
-"""Bundled search-space families. Importing this package registers them with :mod:`fnatune.space`.
+"""Bundled search-space families, one module each, declaring their spaces with ``@register_space``.
 
-One module per family; each declares its spaces with ``@register_space``. Add a family by adding a
-module here and importing it below.
+:mod:`fnatune.space` imports every public module of this package the first time a space is looked up, so
+adding a family is adding a module here. ``archs/`` holds architecture files (the released FNA archs and
+each seed's own layout in a space).
 """
-from search_spaces import mbv2  # noqa: F401
+from pathlib import Path
 
-ARCHS_DIR = __import__("pathlib").Path(__file__).parent / "archs"
+ARCHS_DIR = Path(__file__).parent / "archs"

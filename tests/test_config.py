@@ -29,7 +29,7 @@ def test_shipped_pipelines_validate() -> None:
 
 
 def test_sweep_section_is_checked_with_the_key_named() -> None:
-    base = {"name": "s", "sweep": {"method": "grid", "params": {"search.cost.lambda": [0.1, 0.2]}}}
+    base = {"name": "s", "task": "seg", "sweep": {"method": "grid", "params": {"search.cost.lambda": [0.1, 0.2]}}}
     cfg = validate(base)
     check_sweep_keys(cfg)
     with pytest.raises(ConfigError, match=r"'search.temprature' is not a key .* did you mean search.temperature"):
@@ -69,7 +69,11 @@ def test_det_task_needs_a_detector_and_fills_task_defaults(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="'detector' must be given"):
         load_config(_write(tmp_path / "b.yaml", "name: d\ntask: det\n"))
     with pytest.raises(ConfigError, match="only for task det"):
-        load_config(_write(tmp_path / "c.yaml", "name: d\ndetector: {type: retinanet}\n"))
+        load_config(_write(tmp_path / "c.yaml", "name: d\ntask: seg\ndetector: {type: retinanet}\n"))
+    with pytest.raises(ConfigError, match=r"task: required, one of det, seg"):
+        load_config(_write(tmp_path / "d.yaml", "name: d\n"))
+    with pytest.raises(ConfigError, match=r"task: unknown task 'sgmentation'.*Known tasks: det, seg"):
+        load_config(_write(tmp_path / "e.yaml", "name: d\ntask: sgmentation\n"))
 
 
 def test_tiny_seg_inherits_the_paper_recipe() -> None:
@@ -84,20 +88,21 @@ def test_tiny_seg_inherits_the_paper_recipe() -> None:
 
 
 def test_unknown_key_is_an_error_naming_file_and_path(tmp_path: Path) -> None:
-    p = _write(tmp_path / "p.yaml", "name: x\nsearch:\n  epochs: 3\n  warmup_epoch: 1\n")
+    p = _write(tmp_path / "p.yaml", "name: x\ntask: seg\nsearch:\n  epochs: 3\n  warmup_epoch: 1\n")
     with pytest.raises(ConfigError, match=r"p.yaml.*\n  search.warmup_epoch: unknown key"):
         load_config(p)
 
 
 def test_wrong_type_names_the_key_and_the_value(tmp_path: Path) -> None:
-    p = _write(tmp_path / "p.yaml", "name: x\nfinetune: {iters: many}\n")
+    p = _write(tmp_path / "p.yaml", "name: x\ntask: seg\nfinetune: {iters: many}\n")
     with pytest.raises(ConfigError, match=r"finetune.iters: .*integer.*got 'many'"):
         load_config(p)
 
 
 def test_base_chain_merges_and_delete_replaces(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
-    _write(tmp_path / "base.yaml", "name: base\nsearch: {epochs: 9, warmup_epochs: 4}\ndata: {root: /a, num_classes: 5}\n")
+    _write(tmp_path / "base.yaml",
+           "name: base\ntask: seg\nsearch: {epochs: 9, warmup_epochs: 4}\ndata: {root: /a, num_classes: 5}\n")
     _write(tmp_path / "sub" / "mid.yaml", "_base_: ../base.yaml\nsearch: {epochs: 6}\n")
     child = _write(tmp_path / "sub" / "child.yaml",
                    "_base_: mid.yaml\nname: child\ndata: {_delete_: true, root: /b}\n")
@@ -107,14 +112,14 @@ def test_base_chain_merges_and_delete_replaces(tmp_path: Path) -> None:
 
 
 def test_base_cycle_is_reported(tmp_path: Path) -> None:
-    _write(tmp_path / "a.yaml", "_base_: b.yaml\nname: a\n")
+    _write(tmp_path / "a.yaml", "_base_: b.yaml\nname: a\ntask: seg\n")
     _write(tmp_path / "b.yaml", "_base_: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_raw(tmp_path / "a.yaml")
 
 
 def test_set_overrides_parse_yaml_values_and_reject_unknown_keys(tmp_path: Path) -> None:
-    p = _write(tmp_path / "p.yaml", "name: x\n")
+    p = _write(tmp_path / "p.yaml", "name: x\ntask: seg\n")
     cfg = load_config(p, ["search.epochs=5", "search.warmup_epochs=2", "search.cost.lambda=0.3",
                           "finetune.augment.crop=[64, 64]", "seed_net.weights=null"])
     assert cfg.search.epochs == 5 and cfg.search.cost.lam == 0.3
@@ -129,7 +134,7 @@ def test_set_overrides_parse_yaml_values_and_reject_unknown_keys(tmp_path: Path)
 
 def test_a_partly_written_section_keeps_its_own_defaults(tmp_path: Path) -> None:
     p = _write(tmp_path / "p.yaml",
-               "name: x\npretrain: {optim: {name: adam}}\nsearch: {arch_optim: {lr: 0.01}, augment: {flip: 0}}\n")
+               "name: x\ntask: seg\npretrain: {optim: {name: adam}}\nsearch: {arch_optim: {lr: 0.01}, augment: {flip: 0}}\n")
     cfg = load_config(p, ["finetune.optim.momentum=0.8"])
     assert cfg.pretrain.optim.name == "adam" and cfg.pretrain.optim.grad_clip is None and cfg.pretrain.optim.lr == 0.05
     assert cfg.search.arch_optim.name == "adam" and cfg.search.arch_optim.betas == (0.5, 0.999)

@@ -1,39 +1,200 @@
-"""Every registered space builds, remaps, runs forward/backward in both modes, derives and round-trips."""
+"""Conformance suites over the registries (the way timm tests every registered model): every registered
+space, seed, block family and task is tested here without editing this file.
+
+* every space builds, remaps from every seed that fits it (and a seed that does not fit is a clear error),
+  runs forward and backward in both modes, derives, and exports to ONNX at 64 px;
+* every candidate op of every space: its family names it back, draws it, and counts its MAdds exactly as
+  the counter measures them;
+* every seed reproduces its source library's features (and logits) and remaps into its own arch exactly;
+* every task's tiny model runs one loss step, one search step in both modes and one evaluation.
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from fnatune.arch import Arch
+from fnatune.blocks import family_of, get_family, parse_op
+from fnatune.cost import count_madds
+from fnatune.errors import RemapError
 from fnatune.nets import ChildNet
-from fnatune.remap import remap
+from fnatune.remap import fit_problem, remap
+from fnatune.seeds import get_seed_adapter, list_seeds, load_seed
 from fnatune.space import get_space, list_spaces
+from fnatune.tasks import get_task, list_tasks
+from tests.conftest import randomize_bn
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def seeds() -> dict:  # type: ignore[type-arg]
+    """Every registered seed at random init with perturbed BN statistics (so BN mapping errors show)."""
+    out = {}
+    for name in list_seeds():
+        torch.manual_seed(0)
+        seed = load_seed(name)
+        net = randomize_bn(seed.build(), seed=1)
+        seed.state_dict = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        out[name] = seed
+    return out
+
+
+# ------------------------------------------------------------------------------------------ spaces x seeds
+@pytest.mark.parametrize("space_name,seed_name", [(sp, se) for sp in list_spaces() for se in list_seeds()])
+def test_every_space_remaps_from_every_seed_that_fits(space_name: str, seed_name: str, seeds: dict) -> None:  # type: ignore[type-arg]
+    space, seed = get_space(space_name), seeds[seed_name]
+    problem = fit_problem(seed, space)
+    if problem is not None:
+        with pytest.raises(RemapError) as e:
+            remap(seed, space)
+        assert seed_name in str(e.value) and space_name in str(e.value)
+        return
+    net, report = remap(seed, space)
+    assert [r.target for r in report.records] == [k for k in net.state_dict() if not k.startswith("alphas.")]
+    assert report.counts().get("left_at_init", 0) < len(report.records) // 2  # the seed fills most tensors
+    child, child_report = remap(seed, space.project(seed.arch) if _fits_depth(seed, space) else space.first_arch())
+    assert child_report.counts().get("copied", 0) > 0 and isinstance(child, ChildNet)
+
+
+def _fits_depth(seed, space) -> bool:  # type: ignore[no-untyped-def]
+    return all(sum(o != "skip" for o in ops) <= st.layers for ops, st in zip(seed.arch.ops, space.stages))
 
 
 @pytest.mark.parametrize("space_name", list_spaces())
-def test_space_conformance(space_name: str, mbv2_seed) -> None:  # type: ignore[no-untyped-def]
+def test_every_space_trains_derives_and_exports(space_name: str, seeds: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    from fnatune.export import export_onnx
+
     space = get_space(space_name)
-    net, report = remap(mbv2_seed, space)
-    assert report.counts().get("copied", 0) > 0
+    seed = next((s for s in seeds.values() if fit_problem(s, space) is None), None)
+    assert seed is not None, f"no registered seed fits space '{space_name}'"
+    net, _ = remap(seed, space)
     net.train()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, *SIZE)
 
     path = net.sample_path(torch.Generator().manual_seed(0), uniform=True)
-    loss = sum(o.square().mean() for o in net(x, indices=path))
-    loss.backward()
+    outs = net(x, indices=path)
+    assert [o.shape[1] for o in outs] == [f.channels for f in net.feature_info]
+    sum(o.square().mean() for o in outs).backward()
     assert all(a.grad is None for a in net.arch_parameters())  # weight step: alpha untouched
     assert net.stem.conv.weight.grad is not None
     net.zero_grad(set_to_none=True)
 
-    loss = sum(o.square().mean() for o in net(x))
-    loss.backward()
+    sum(o.square().mean() for o in net(x)).backward()
     assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in net.arch_parameters())
 
     arch = net.derive()
     space.validate(arch)
     assert Arch.from_dict(arch.to_dict()) == arch
-    child, _child_report = remap(mbv2_seed, arch)
-    assert isinstance(child, ChildNet)
+    assert Arch.from_dict({"space": space_name, "blocks": arch.block_string()}) == arch
+    child, _ = remap(seed, arch)
     out = child.train()(x)
     sum(o.mean() for o in out).backward()
-    assert [o.shape[1] for o in out] == [f.channels for f in net.feature_info]
+    info = export_onnx(child.eval(), tmp_path / "child.onnx", SIZE, arch.skeleton.in_channels)
+    assert info["onnxruntime_max_abs_diff"] < 1e-4 and len(info["outputs"]) == len(space.taps)
+
+
+# ------------------------------------------------------------------------------------------ families
+def _candidate_ops(space_name: str) -> list[tuple[str, int, int, int, int, tuple[int, int]]]:
+    """Every distinct (op, c_in, c_out, stride, dilation, input size) of a space at a 64 px input."""
+    from fnatune.layers import same_out
+
+    space = get_space(space_name)
+    sk = space.skeleton
+    hw = (same_out(SIZE[0], sk.stem_stride), same_out(SIZE[1], sk.stem_stride))
+    seen = []
+    for s, st in enumerate(space.stages):
+        for l in range(st.layers):
+            c_in, c_out, stride = sk.layer_io(s, l)
+            for op in space.candidates(s, l):
+                if op != "skip" and (op, c_in, c_out, stride, st.dilation, hw) not in seen:
+                    seen.append((op, c_in, c_out, stride, st.dilation, hw))
+            hw = (same_out(hw[0], stride), same_out(hw[1], stride))
+    return seen
+
+
+@pytest.mark.parametrize("space_name", list_spaces())
+def test_every_candidate_op_is_named_drawn_and_counted_by_its_family(space_name: str) -> None:
+    from fnatune.blocks import build_op
+
+    for op, c_in, c_out, stride, dilation, hw in _candidate_ops(space_name):
+        spec = parse_op(op)
+        fam = family_of(op)
+        assert spec is not None and fam is get_family(spec.family) and spec.name == op
+        module = build_op(op, c_in, c_out, stride, dilation)
+        assert family_of(module) is fam and module.spec == spec  # type: ignore[union-attr]
+        glyph = fam.glyph(spec)
+        assert 0 < glyph.height <= 1.25 and glyph.colour and glyph.label
+        measured = count_madds(module, hw, in_channels=c_in)
+        assert fam.madds(spec, c_in, c_out, stride, dilation, hw) == measured, (op, c_in, c_out, stride, hw)
+
+
+# ------------------------------------------------------------------------------------------ seeds
+@pytest.mark.parametrize("seed_name", list_seeds())
+def test_every_seed_computes_what_its_source_library_computes(seed_name: str, tmp_path: Path) -> None:
+    from fnatune.heads.cls import ClassifierNet
+
+    adapter = get_seed_adapter(seed_name)
+    torch.manual_seed(3)
+    reference = randomize_bn(adapter.build(), seed=3).eval()
+    ckpt = tmp_path / "seed.pt"
+    torch.save(reference.state_dict(), ckpt)
+    seed = load_seed(seed_name, weights=str(ckpt))
+    x = torch.randn(2, 3, 72, 64)
+    with torch.no_grad():
+        ours, theirs = seed.build()(x)[-1], adapter.features(reference, x)
+        assert ours.shape == theirs.shape and (ours - theirs).abs().max().item() <= 1e-5
+        if seed.classifier is not None:
+            assert (ClassifierNet.from_seed(seed).eval()(x) - reference(x)).abs().max().item() <= 1e-5
+        child, report = remap(seed, seed.arch)
+        assert report.counts() == {"copied": len(child.state_dict())}
+        assert all(torch.equal(a, b) for a, b in zip(child.eval()(x), seed.build()(x)))
+
+
+# ------------------------------------------------------------------------------------------ tasks
+@pytest.mark.parametrize("task_name", list_tasks())
+def test_every_task_trains_searches_and_evaluates_its_tiny_model(task_name: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from fnatune.config import apply_overrides, load_raw, validate
+    from fnatune.data import BatchStream
+
+    task = get_task(task_name)
+    if not task.available():
+        pytest.skip(f"task {task_name} needs {', '.join(task.requires)}")
+    assert task.tiny_pipeline, f"task {task_name} names no tiny pipeline"
+    monkeypatch.chdir(tmp_path)
+    raw = apply_overrides(load_raw(ROOT / task.tiny_pipeline), {**task.smoke, "data.root": str(tmp_path / "data")})
+    cfg = validate(raw, task.tiny_pipeline)
+    backend = task.backend_for(cfg)
+    assert backend.prepare()["train_images"] > 0
+    space = get_space(cfg.space)
+    arch = space.first_arch()
+    torch.manual_seed(0)
+
+    model = backend.model(dict(type="FNABackbone", arch=arch.to_dict()), arch, "finetune")
+    loss_fn = backend.loss_fn(model.train())
+    loss = loss_fn(BatchStream(backend.train_set(), cfg.finetune.batch_size, backend.collate).next())
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+
+    sup_model = backend.model(dict(type="FNASuperBackbone", space=cfg.space), arch, "search")
+    supernet = sup_model.backbone.net
+    arch_set, weight_set = backend.search_sets()
+    for mode, ds in (("path", weight_set), ("mixed", arch_set)):
+        if mode == "path":
+            supernet.use_path(supernet.sample_path(torch.Generator().manual_seed(0), uniform=True))
+        else:
+            supernet.use_mixed(cfg.search.temperature)
+        loss = backend.loss_fn(sup_model.train())(BatchStream(ds, cfg.search.batch_size, backend.collate).next())
+        loss.backward()
+        assert torch.isfinite(loss)
+    assert all(a.grad is not None for a in supernet.arch_parameters())
+
+    metrics = backend.evaluate(model, backend.val_set())
+    assert task.metric in metrics and all(0.0 <= v <= 100.0 for v in metrics.values())
+    cost = backend.whole_cost(arch)
+    assert cost["params"] > sum(p.numel() for p in ChildNet(arch).parameters()) and cost["madds_paper_resolution"] > 0

@@ -94,9 +94,9 @@ def test_expected_cost_gradient_matches_hand_computation() -> None:
 @pytest.mark.parametrize("name,params,madds", [("fna_seg", 2.47e6, 24.17e9), ("mbv2_seg", 2.57e6, 24.52e9)])
 def test_seg_network_reproduces_the_paper_table(name: str, params: float, madds: float) -> None:
     """FNA_SPEC §7.1: DeepLabv3 (separable ASPP) at 1024x2048, backbone + head + classifier."""
-    from fnatune.tasks import build_task_model
+    from fnatune.whole_network import whole_network
 
-    model = build_task_model("seg", Arch.load(ARCHS_DIR / f"{name}.json"), num_classes=19)
+    model, _ = whole_network("seg", Arch.load(ARCHS_DIR / f"{name}.json"), num_classes=19)
     assert count_params(model) == pytest.approx(params, rel=0.005)
     assert count_madds(model, (1024, 2048)) == pytest.approx(madds, rel=0.005)
     assert round(count_params(model) / 1e6, 2) == params / 1e6 and round(count_madds(model, (1024, 2048)) / 1e9, 2) == madds / 1e9

@@ -10,18 +10,18 @@ import torch
 
 pytest.importorskip("ray")
 
-from fnatune.config import ResourcesCfg
 from fnatune.distributed import shard
 from tests.helpers import tiny_dataset
 
 
 def _search_worker(config: dict[str, Any]) -> None:
     """One rank: a few warm-up and search epochs of the tiny super net, recording every path it trained."""
+    from fnatune.config import SearchCfg
     from fnatune.cost import madds_table
     from fnatune.data import BatchStream
     from fnatune.distributed import current
     from fnatune.nets import SuperNet
-    from fnatune.search import OptimSpec, Searcher, SearchSettings
+    from fnatune.search import Searcher
     from tests.helpers import TinySeg, ce_loss, tiny_space
 
     dp = current()
@@ -37,21 +37,26 @@ def _search_worker(config: dict[str, Any]) -> None:
     supernet.use_path = lambda p: (paths.append(list(p)), use_path(p))[1]  # type: ignore[method-assign]
     seen: list[float] = []
     loss = ce_loss(model)
-    settings = SearchSettings(epochs=3, warmup_epochs=1, steps_per_epoch=4, checkpoint_every=0, cost_lambda=0.1,
-                              arch_optim=OptimSpec("adam", 0.05, weight_decay=0.0, betas=(0.5, 0.999)))
+    settings = SearchCfg.model_validate({
+        "epochs": 3, "warmup_epochs": 1, "steps_per_epoch": 4, "checkpoint_every": 0, "cost": {"lambda": 0.1},
+        "weight_optim": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 35.0},
+        "weight_lr": {"policy": "step", "milestones": [8, 11], "warmup_iters": 500},
+        "arch_optim": {"name": "adam", "lr": 0.05, "weight_decay": 0.0, "betas": (0.5, 0.999), "grad_clip": None}})
     Searcher(model, supernet, lambda b: (seen.append(float(b[0].sum())), loss(b))[1], arch, weight,
-             madds_table(supernet, (32, 32)), settings, Path(config["workdir"]), dp=dp).run()
+             madds_table(supernet, (32, 32)), settings, Path(config["workdir"]), seed=1, dp=dp).run()
     torch.save({"alpha": [a.detach().clone() for a in supernet.arch_parameters()], "paths": paths, "seen": seen,
                 "params": {k: p.detach().clone() for k, p in model.named_parameters()}},
                Path(config["out"]) / f"rank{dp.rank}.pt")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_gloo_workers_keep_alpha_and_paths_identical(tmp_path: Path) -> None:
-    from fnatune.tune import data_parallel, ray_session
+    from fnatune.tune import Resources, data_parallel, ray_session
 
     with ray_session(num_cpus=2):
-        data_parallel(_search_worker, {"workdir": str(tmp_path / "work"), "out": str(tmp_path), "stage": "search"},
-                      ResourcesCfg(cpu=1, workers=2), tmp_path / "train")
+        data_parallel(_search_worker, {"workdir": str(tmp_path / "work"), "out": str(tmp_path)}, workers=2,
+                      per_worker=Resources(cpu=1), storage=tmp_path / "train")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert len(r0["paths"]) == 3 * 4 and r0["paths"] == r1["paths"]  # one weight step per path, rank 0's on both
     assert len({tuple(p) for p in r0["paths"]}) > 1                  # and they are sampled, not fixed
@@ -71,6 +76,8 @@ def test_shards_are_disjoint_and_equally_long() -> None:
     assert not (idx[0] & idx[1]) and not (idx[1] & idx[2]) and len(set().union(*idx)) == 9
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_pipeline_search_and_finetune_run_data_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``resources.workers: 2``: the trial runs its search and fine-tune on two Ray Train workers; rank 0
     writes the stage outputs, the other stages run in the trial as usual."""

@@ -20,7 +20,8 @@ def test_det_pipeline_without_mmdet_names_the_install_commands(tmp_path: Path, m
     monkeypatch.delattr(fnatune.mm, "det", raising=False)  # `from fnatune.mm import det` reads this first
     # in this process (a Ray trial would import the real mmdet in its own worker process)
     from fnatune.config import load_config
-    from fnatune.pipeline import Progress, execute
+    from fnatune.framework import Progress
+    from fnatune.pipeline import execute
 
     cfg = load_config(ROOT / "pipelines/tiny/det.yaml", ["tracking.enabled=false", "data.generate.num_train=2",
                                                          "data.generate.num_val=1"])

@@ -111,8 +111,18 @@ def test_derive_takes_argmax_and_sorts_skips() -> None:
     assert derived == wanted.sorted_skips()
 
 
-def test_child_state_dict_keys_match_child() -> None:
+def test_inherited_child_has_the_super_nets_weights_and_plain_bn(mbv2_seed) -> None:  # type: ignore[no-untyped-def]
+    """FNA's 'inherit from the super net' ablation: the chosen candidates' convs, the fixed layers' BN state,
+    and fresh BN where the candidates kept none; the child is a plain ChildNet the fine-tune can load."""
     space = get_space("mbv2_seg")
-    net = SuperNet(space)
+    net, _ = remap(mbv2_seed, space)
     arch = space.sample(3)
-    assert set(net.child_state_dict(arch)) == set(net.extract_child(arch).state_dict())
+    child = net.inherit_child(arch)
+    plain = ChildNet(arch)
+    assert set(child.state_dict()) == set(plain.state_dict())
+    (s, l), op = next((p, arch.ops[p[0]][p[1]]) for p in net.positions if arch.ops[p[0]][p[1]] != "skip")
+    cand = net.stages[s][l].candidates[space.candidates(s, l).index(op)]
+    assert torch.equal(child.stages[s][l].dw.conv.weight, cand.dw.conv.weight)
+    assert torch.equal(child.stages[s][l].dw.bn.running_var, torch.ones_like(child.stages[s][l].dw.bn.running_var))
+    assert torch.equal(child.stem.bn.running_mean, net.stem.bn.running_mean)
+    assert torch.equal(child.stages[0][0].dw.bn.weight, mbv2_seed.state_dict["stages.0.0.dw.bn.weight"])

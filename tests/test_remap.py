@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from fnatune.arch import Arch, Skeleton, StageShape
+from fnatune.blocks.mbconv import MBConv
 from fnatune.errors import RemapError
 from fnatune.nets import ChildNet, MixedLayer, SuperNet
-from fnatune.ops import MBConv
 from fnatune.remap import RemapOptions, kernel_positions, remap, remap_layer
 from fnatune.space import get_space
 from tests.conftest import randomize_bn

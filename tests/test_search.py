@@ -6,17 +6,11 @@ import math
 import pytest
 import torch
 
+from fnatune.config import SearchCfg
 from fnatune.cost import MAddsTable, madds_table
 from fnatune.data import BatchStream, split_indices
 from fnatune.nets import SuperNet
-from fnatune.search import (
-    LRSpec,
-    NonFiniteLossError,
-    OptimSpec,
-    Searcher,
-    SearchObserver,
-    SearchSettings,
-)
+from fnatune.search import NonFiniteLossError, Searcher, SearchObserver
 from tests.helpers import TinySeg, ce_loss, tiny_dataset, tiny_space
 
 
@@ -29,13 +23,13 @@ def _searcher(tmp_path, seed: int = 0, **overrides):  # type: ignore[no-untyped-
     a, w = split_indices(len(data), 0.5, seed=520)
     arch_stream = BatchStream(torch.utils.data.Subset(data, a), 4, seed=1)
     weight_stream = BatchStream(torch.utils.data.Subset(data, w), 4, seed=2)
-    settings = dict(epochs=3, warmup_epochs=1, arch_steps=1, weight_steps=1, checkpoint_every=0, cost_lambda=0.1,
-                    weight_optim=OptimSpec("sgd", 0.05, 0.9, 1e-4, grad_clip=35.0),
-                    arch_optim=OptimSpec("adam", 0.05, weight_decay=1e-3, betas=(0.5, 0.999), grad_clip=35.0),
-                    weight_lr=LRSpec("step", [2], warmup_iters=2))
+    settings = dict(epochs=3, warmup_epochs=1, arch_steps=1, weight_steps=1, checkpoint_every=0, cost={"lambda": 0.1},
+                    weight_optim={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 35.0},
+                    arch_optim={"name": "adam", "lr": 0.05, "weight_decay": 1e-3, "betas": (0.5, 0.999), "grad_clip": 35.0},
+                    weight_lr={"policy": "step", "milestones": [2], "warmup_iters": 2})
     settings.update(overrides)
-    s = Searcher(model, net, ce_loss(model), arch_stream, weight_stream, madds_table(net), SearchSettings(**settings),
-                 tmp_path, observer=observer)
+    s = Searcher(model, net, ce_loss(model), arch_stream, weight_stream, madds_table(net),
+                 SearchCfg.model_validate(settings), tmp_path, observer=observer, seed=1)
     return s
 
 

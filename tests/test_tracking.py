@@ -40,3 +40,33 @@ def test_null_tracker_and_ui_binds_localhost(tmp_path: Path) -> None:
     cmd = ui_command(default_tracking_uri(tmp_path))
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert "--backend-store-uri" in cmd
+
+
+def test_only_a_missing_run_is_reported_missing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A passing store failure must not look like "this run does not exist": a resumed run would then start a
+    new MLflow run and fork its history. It raises a retriable error instead."""
+    import pytest
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    from fnatune.errors import FnatuneError
+    from fnatune.tracking import TrackingUnavailable
+
+    t = MlflowTracker(default_tracking_uri(tmp_path), "exp")
+    run = t.start_run("x")
+    assert t.run_exists(run) and not t.run_exists("f" * 32)
+
+    def unavailable(run_id: str) -> None:
+        raise MlflowException("API request failed: 503 Service Unavailable", error_code=TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(t.client, "get_run", unavailable)
+    with pytest.raises(TrackingUnavailable, match=r"could not tell whether run .* exists \(TEMPORARILY_UNAVAILABLE"):
+        t.run_exists(run)
+    assert not issubclass(TrackingUnavailable, FnatuneError)  # so a Tune trial that hits it is retried
+
+    def unreachable(run_id: str) -> None:
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr(t.client, "get_run", unreachable)
+    with pytest.raises(TrackingUnavailable, match="ConnectionError: Connection refused"):
+        t.run_exists(run)

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from fnatune.config import TrainLoopCfg
 from fnatune.data import BatchStream
+from fnatune.loop import NonFiniteLossError
 from fnatune.schedule import LRSchedule
-from fnatune.search import NonFiniteLossError, OptimSpec
-from fnatune.train import Trainer, TrainObserver, TrainSettings
+from fnatune.train import Trainer, TrainObserver
 from tests.helpers import TinySeg, ce_loss, tiny_dataset, tiny_space
 
 
@@ -20,8 +21,9 @@ def _trainer(workdir: Path, seed: int = 0, observer=None) -> Trainer:  # type: i
     sup = SuperNet(tiny_space())
     model = TinySeg(sup)
     model.backbone = ChildNet(tiny_space().sample(0))  # type: ignore[assignment]
-    s = TrainSettings(iters=10, optim=OptimSpec("sgd", 0.05, 0.9, 1e-4), policy="poly", warmup_iters=2,
-                      log_every=3, checkpoint_every=4)
+    s = TrainLoopCfg(iters=10, optim={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4,
+                                      "grad_clip": None},
+                     policy="poly", warmup_iters=2, log_every=3, checkpoint_every=4)
     return Trainer(model, ce_loss(model), BatchStream(tiny_dataset(12), 4, seed=3), s, workdir, observer)
 
 

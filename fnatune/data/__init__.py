@@ -2,6 +2,6 @@
 from __future__ import annotations
 
 from fnatune.data.split import split_indices
-from fnatune.data.stream import BatchStream
+from fnatune.data.stream import BatchStream, stream_for
 
-__all__ = ["BatchStream", "split_indices"]
+__all__ = ["BatchStream", "split_indices", "stream_for"]

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from fnatune.data.split import split_indices
-from fnatune.data.synthetic import BUILDING, COLOURS, ROAD, SKY, _check_marker, _shape_mask, _texture
+from fnatune.data.synthetic import BUILDING, COLOURS, ROAD, SKY, check_marker, shape_mask, texture
 from fnatune.errors import FnatuneError
 from fnatune.io import atomic_write_json
 
@@ -57,7 +57,7 @@ def draw_det_scene(rng: np.random.Generator, h: int, w: int, max_objects: int = 
     label[:horizon], label[horizon:ground], label[ground:] = SKY, BUILDING, ROAD
     img = np.zeros((h, w, 3), np.float32)
     for cls in (SKY, BUILDING, ROAD):
-        tex = _texture(rng, h, w, COLOURS[cls], cls)
+        tex = texture(rng, h, w, COLOURS[cls], cls)
         img[label == cls] = tex[label == cls]
     objects: list[tuple[int, list[float], int]] = []
     for _ in range(int(rng.integers(1, max_objects + 1)) * 4):  # tries; most scenes reach their count
@@ -66,14 +66,14 @@ def draw_det_scene(rng: np.random.Generator, h: int, w: int, max_objects: int = 
         cat_id, _name, shape, colour = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
         r = float(rng.uniform(0.08, 0.2) * min(h, w))
         cy, cx = float(rng.uniform(r, h - r)), float(rng.uniform(r, w - r))
-        mask = _shape_mask(rng, h, w, shape, cy, cx, r)
+        mask = shape_mask(rng, h, w, shape, cy, cx, r)
         ys, xs = np.nonzero(mask)
         if len(ys) < 16:
             continue
         box = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
         if any(_box_iou(box, b) > 0.3 for _, b, _ in objects):
             continue
-        tex = _texture(rng, h, w, colour, cat_id)
+        tex = texture(rng, h, w, colour, cat_id)
         img[mask] = tex[mask]
         objects.append((cat_id, box, int(mask.sum())))
     return img.astype(np.uint8), objects
@@ -88,7 +88,7 @@ def generate_coco(root: str | Path, num_train: int = 32, num_val: int = 8, size:
     root = Path(root)
     params = {"kind": "coco", "num_train": num_train, "num_val": num_val, "size": list(size), "seed": seed,
               "max_objects": max_objects, "version": 1}
-    if _check_marker(root, params):
+    if check_marker(root, params):
         return root
     rng = np.random.default_rng(seed)
     h, w = int(size[0]), int(size[1])

@@ -113,3 +113,18 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.pass_index, self.offset = int(state["pass"]), int(state["offset"])
         self._it = None
+
+
+def stream_for(dataset: Any, batch_size: int, collate_fn: Callable[[list[Any]], Any] | None, seed: int,
+               num_workers: int = 0, dp: Any = None) -> BatchStream:
+    """A stage's batch stream. Data-parallel (``dp``, a :class:`~fnatune.distributed.DataParallel`): this
+    worker's shard, with the global batch split over the workers and a seed of its own."""
+    if dp is not None:
+        from fnatune.distributed import shard
+        from fnatune.errors import FnatuneError
+
+        if batch_size % dp.world:
+            raise FnatuneError(f"batch size {batch_size} does not split over resources.workers={dp.world}; "
+                               f"use a multiple of {dp.world}")
+        dataset, batch_size, seed = shard(dataset, dp.rank, dp.world), batch_size // dp.world, seed + 7919 * dp.rank
+    return BatchStream(dataset, batch_size, collate_fn, seed=seed, num_workers=num_workers)

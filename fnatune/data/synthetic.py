@@ -33,7 +33,7 @@ SHAPES = ("disc", "square", "triangle", "ring", "cross", "bar")
 MARKER = "fnatune_synthetic.json"
 
 
-def _texture(rng: np.random.Generator, h: int, w: int, colour: Sequence[int], kind: int) -> np.ndarray:
+def texture(rng: np.random.Generator, h: int, w: int, colour: Sequence[int], kind: int) -> np.ndarray:
     """A class-specific texture: base colour, a periodic pattern and pixel noise."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     period = 4 + kind % 5
@@ -49,7 +49,7 @@ def _texture(rng: np.random.Generator, h: int, w: int, colour: Sequence[int], ki
     return np.clip(img, 0, 255)
 
 
-def _shape_mask(rng: np.random.Generator, h: int, w: int, shape: str, cy: float, cx: float, r: float) -> np.ndarray:
+def shape_mask(rng: np.random.Generator, h: int, w: int, shape: str, cy: float, cx: float, r: float) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     dy, dx = yy - cy, xx - cx
     if shape == "disc":
@@ -79,7 +79,7 @@ def draw_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np
     label[ground:] = ROAD
     img = np.zeros((h, w, 3), np.float32)
     for cls in (SKY, BUILDING, ROAD):
-        tex = _texture(rng, h, w, COLOURS[cls], cls)
+        tex = texture(rng, h, w, COLOURS[cls], cls)
         img[label == cls] = tex[label == cls]
     objects = [(VEGETATION, "triangle"), (CAR, "square"), (PERSON, "disc")]
     for _ in range(int(rng.integers(2, 7))):
@@ -87,14 +87,14 @@ def draw_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np
         r = float(rng.uniform(0.06, 0.16) * h)
         cy = float(rng.uniform(horizon, h - r)) if cls != VEGETATION else float(rng.uniform(horizon - r, ground))
         cx = float(rng.uniform(r, w - r))
-        mask = _shape_mask(rng, h, w, shape, cy, cx, r)
-        tex = _texture(rng, h, w, COLOURS[cls], cls + 1)
+        mask = shape_mask(rng, h, w, shape, cy, cx, r)
+        tex = texture(rng, h, w, COLOURS[cls], cls + 1)
         img[mask] = tex[mask]
         label[mask] = cls
     return img.astype(np.uint8), label
 
 
-def _check_marker(root: Path, params: dict[str, Any]) -> bool:
+def check_marker(root: Path, params: dict[str, Any]) -> bool:
     marker = root / MARKER
     if not marker.exists():
         if root.exists() and any(root.iterdir()):
@@ -114,7 +114,7 @@ def generate_cityscapes(root: str | Path, num_train: int = 24, num_val: int = 8,
     root = Path(root)
     params = {"kind": "cityscapes", "num_train": num_train, "num_val": num_val, "size": list(size), "seed": seed,
               "cities": list(cities), "version": 1}
-    if _check_marker(root, params):
+    if check_marker(root, params):
         return root
     rng = np.random.default_rng(seed)
     h, w = int(size[0]), int(size[1])
@@ -141,7 +141,7 @@ def generate_classification(root: str | Path, num_classes: int = 6, per_class_tr
         raise FnatuneError(f"num_classes must be in [2, {len(SHAPES) * 2}], got {num_classes}")
     params = {"kind": "classification", "num_classes": num_classes, "per_class_train": per_class_train,
               "per_class_val": per_class_val, "size": size, "seed": seed, "version": 1}
-    if _check_marker(root, params):
+    if check_marker(root, params):
         return root
     rng = np.random.default_rng(seed)
     colours = list(COLOURS.values())
@@ -151,13 +151,13 @@ def generate_classification(root: str | Path, num_classes: int = 6, per_class_tr
             out = root / split / f"class_{c:02d}_{shape}{'' if filled else '_outline'}"
             out.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                bg = _texture(rng, size, size, colours[int(rng.integers(len(colours)))], int(rng.integers(9)))
+                bg = texture(rng, size, size, colours[int(rng.integers(len(colours)))], int(rng.integers(9)))
                 r = float(rng.uniform(0.2, 0.35) * size)
                 cy, cx = (float(rng.uniform(r, size - r)) for _ in range(2))
-                mask = _shape_mask(rng, size, size, shape, cy, cx, r)
+                mask = shape_mask(rng, size, size, shape, cy, cx, r)
                 if not filled:
-                    mask &= ~_shape_mask(rng, size, size, shape, cy, cx, 0.6 * r)
-                fg = _texture(rng, size, size, colours[int(rng.integers(len(colours)))], int(rng.integers(9)))
+                    mask &= ~shape_mask(rng, size, size, shape, cy, cx, 0.6 * r)
+                fg = texture(rng, size, size, colours[int(rng.integers(len(colours)))], int(rng.integers(9)))
                 bg[mask] = 255 - fg[mask]
                 Image.fromarray(bg.astype(np.uint8)).save(out / f"{i:05d}.png")
     atomic_write_json(root / MARKER, params)

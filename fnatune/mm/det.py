@@ -228,12 +228,21 @@ METRIC_NAMES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 
 def evaluate(model: nn.Module, dataset: Any, root: str | Path, split: str, max_images: int | None = None
              ) -> dict[str, float]:
-    """COCO bbox mAP of ``model`` over ``dataset`` (batch 1, eval mode), in percent like the paper."""
+    """COCO bbox mAP of ``model`` over ``dataset`` (batch 1, eval mode), in percent like the paper.
+
+    A detector that finds no box above its score threshold on the whole set (an early or weak model) scores
+    0 on every metric, with a warning that says so: COCO's evaluator has nothing to match then, and mmdet
+    returns no numbers at all."""
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     ids = [dataset.get_data_info(i)["img_id"] for i in range(n)]
     metric = coco_metric(root, split, ids)
     metric.dataset_meta = dataset.metainfo
     feed_metric(model, dataset, metric, n)
+    boxes = sum(len(pred["bboxes"]) for _, pred in metric.results)
+    if boxes == 0:
+        warnings.warn(f"the detector found no box above its score threshold on {n} {split} images; every bbox "
+                      "metric is 0", stacklevel=2)
+        return {f"bbox_{k}": 0.0 for k in METRIC_NAMES}
     with quiet_logger(), contextlib.redirect_stdout(io.StringIO()):  # the summary comes back as metrics
         raw = metric.compute_metrics(metric.results)
     return {f"bbox_{k}": 100.0 * float(raw[f"bbox_{k}"]) for k in METRIC_NAMES}

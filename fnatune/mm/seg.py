@@ -5,7 +5,7 @@ Registered in mmseg's ``MODELS`` on import:
 
 * ``FNABackbone``, ``FNASuperBackbone`` (:mod:`fnatune.mm.backbones`). Usable in any plain mmseg
   config (``pipelines/mm/deeplabv3_fna_cityscapes.py``).
-* ``FNAASPPHead``: FNA's separable ASPP (:class:`~fnatune.tasks.seg.ASPPSep`) as a decode head.
+* ``FNAASPPHead``: FNA's separable ASPP (:class:`~fnatune.heads.seg.ASPPSep`) as a decode head.
 
 The training loops are ours (exact resume, search alternation); everything else is mmseg's: the
 ``EncoderDecoder``, ``SegDataPreProcessor``, ``CityscapesDataset`` with its transforms, the
@@ -30,8 +30,8 @@ mmseg_models = require("mmseg.models")
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
+from fnatune.heads.seg import ASPPSep
 from fnatune.mm.backbones import FNABackbone, FNASuperBackbone
-from fnatune.tasks.seg import ASPPSep
 
 MODELS.register_module(module=FNABackbone, force=True)
 MODELS.register_module(module=FNASuperBackbone, force=True)
@@ -41,7 +41,7 @@ MODELS.register_module(module=FNASuperBackbone, force=True)
 class FNAASPPHead(BaseDecodeHead):
     """FNA's DeepLabv3 head: separable ASPP (256) + image pooling + 1x1 bottleneck, then mmseg's
     dropout (Dropout2d 0.1) and 1x1 classifier. Same function and parameter count as
-    :class:`~fnatune.tasks.seg.SegNet`'s head."""
+    :class:`~fnatune.heads.seg.SegNet`'s head."""
 
     def __init__(self, dilations: Sequence[int] = (6, 12, 18), **kwargs: Any) -> None:
         kwargs.setdefault("dropout_ratio", 0.1)

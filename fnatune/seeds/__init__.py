@@ -7,18 +7,24 @@ computes what the original computes. From then on, remapping only maps *our* net
 
 ``weights`` may be ``None`` (the family's random init), a local checkpoint path, or a torchvision
 weights name such as ``IMAGENET1K_V1`` (downloaded, so only where the machine can reach the internet).
+
+Every public module of this package registers one or more seed families (found automatically); other
+packages add theirs under the ``fnatune.seeds`` entry-point group. An adapter also says how to read its
+reference model's features (``features``), so every registered seed is checked against its source library.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from fnatune.arch import Arch
 from fnatune.errors import SeedError
-from fnatune.registry import Registry
+from fnatune.registry import Registry, import_submodules, load_plugins
 from fnatune.seeds._checkpoint import (
     check_state_dict,
     fetch_torchvision_weights,
@@ -35,6 +41,7 @@ class SeedAdapter:
     name: str
     build: Callable[..., nn.Module]  # reference model with random init; kwargs like width_mult
     layout: Callable[[nn.Module], SeedLayout]
+    features: Callable[[nn.Module, Tensor], Tensor]  # the reference model's last feature map (our last tap)
     torchvision_model: str | None = None  # name for torchvision.models.get_model_weights
     description: str = ""
 
@@ -58,8 +65,28 @@ class Seed:
         net.load_state_dict(self.state_dict, strict=True)
         return net.eval()
 
+    def save(self, path: str | Path) -> Path:
+        """Write the seed (arch, canonical weights, classifier) as one ``weights_only``-loadable file."""
+        from fnatune.io import atomic_torch_save
 
-_SEEDS: Registry[SeedAdapter] = Registry("seed")
+        return atomic_torch_save({"format": SEED_FORMAT, "name": self.name, "arch": json.dumps(self.arch.to_dict()),
+                                  "state_dict": self.state_dict, "classifier": self.classifier,
+                                  "source": self.source}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Seed:
+        """Read a file written by :meth:`save`."""
+        import torch
+
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(d, dict) or d.get("format") != SEED_FORMAT:
+            raise SeedError(f"{path} is not a fnatune seed file")
+        return cls(d["name"], Arch.from_dict(json.loads(d["arch"])), d["state_dict"], d["classifier"], d["source"])
+
+
+SEED_FORMAT = "fnatune-seed"
+_SEEDS: Registry[SeedAdapter] = Registry(
+    "seed", loader=lambda: (import_submodules("fnatune.seeds"), load_plugins("fnatune.seeds")))
 
 
 def register_seed(adapter: SeedAdapter) -> SeedAdapter:
@@ -68,23 +95,16 @@ def register_seed(adapter: SeedAdapter) -> SeedAdapter:
     return adapter
 
 
-def _load_builtin() -> None:
-    from fnatune.seeds import mnasnet, mobilenet  # noqa: F401
-
-
 def list_seeds() -> list[str]:
-    _load_builtin()
     return _SEEDS.names()
 
 
 def describe_seed(name: str) -> str:
     """One-line description of seed family ``name``."""
-    _load_builtin()
     return _SEEDS.doc(name)
 
 
 def get_seed_adapter(name: str) -> SeedAdapter:
-    _load_builtin()
     return _SEEDS.create(name)
 
 
@@ -126,4 +146,5 @@ def seed_from_net(name: str, net: nn.Module, source: str = "trained") -> Seed:
     return Seed(name, net.arch, {k: v.detach().clone() for k, v in net.state_dict().items()}, None, source)
 
 
-__all__ = ["Seed", "SeedAdapter", "describe_seed", "get_seed_adapter", "list_seeds", "load_seed", "register_seed", "seed_from_net"]
+__all__ = ["SEED_FORMAT", "Seed", "SeedAdapter", "describe_seed", "get_seed_adapter", "list_seeds", "load_seed",
+           "register_seed", "seed_from_net"]

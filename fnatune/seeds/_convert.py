@@ -1,4 +1,4 @@
-"""Turn an inverted-residual network (any module layout) into our canonical seed layout.
+"""Turn an inverted-residual network (any module layout) into our canonical seed layout (MBConv blocks).
 
 An adapter only has to say *where* the stem, each block's (conv, BN) pairs, the tail and the classifier
 are in its model. This module reads their shapes to build the seed's :class:`~fnatune.arch.Arch`
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from fnatune.arch import Arch, Skeleton, StageShape
+from fnatune.blocks.mbconv import MBCONV
 from fnatune.errors import SeedError
-from fnatune.ops import OpSpec
 
 _TENSOR_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -98,7 +98,7 @@ def build_layout(
             raise SeedError(f"block at '{b.dw.conv}': hidden width {dw.in_channels} is not a multiple of {c_in}")
         if c_in != c_prev:
             raise SeedError(f"block at '{b.dw.conv}' takes {c_in} channels but the previous layer gives {c_prev}")
-        op = OpSpec(k, dw.in_channels // c_in).name
+        op = MBCONV.spec(k, dw.in_channels // c_in).name
         new_stage = not shapes or stride != 1 or proj.out_channels != shapes[-1].out_channels
         if new_stage:
             shapes.append(StageShape(proj.out_channels, stride, dil))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from torch import nn
+from torch import Tensor, nn
 
 from fnatune.seeds import SeedAdapter, register_seed
 from fnatune.seeds._convert import (
@@ -46,9 +46,13 @@ def _build_any(alpha: float = 1.0, **kwargs: object) -> nn.Module:
     return MNASNet(alpha, **kwargs)
 
 
-register_seed(SeedAdapter("mnasnet", _build_any, _layout,
+def _features(model: nn.Module, x: Tensor) -> Tensor:
+    return model.layers(x)
+
+
+register_seed(SeedAdapter("mnasnet", _build_any, _layout, _features,
                           description="torchvision MNASNet at any width multiplier (alpha=...), ReLU; local weights only"))
 
 for _name in ("mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3"):
-    register_seed(SeedAdapter(_name, partial(_build, _name), _layout, torchvision_model=_name,
+    register_seed(SeedAdapter(_name, partial(_build, _name), _layout, _features, torchvision_model=_name,
                               description=f"torchvision {_name} (MnasNet-B1, a NAS-found net), ReLU"))

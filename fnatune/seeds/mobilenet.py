@@ -1,7 +1,7 @@
 """torchvision MobileNetV2 (any ``width_mult``) as a seed, the seed FNA uses (FNA_SPEC §2)."""
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from fnatune.seeds import SeedAdapter, register_seed
 from fnatune.seeds._convert import (
@@ -27,5 +27,9 @@ def _layout(model: nn.Module) -> SeedLayout:
     return build_layout(model, stem, blocks, tail, act="relu6", classifier="classifier.1")
 
 
-register_seed(SeedAdapter("mobilenet_v2", _build, _layout, torchvision_model="mobilenet_v2",
+def _features(model: nn.Module, x: Tensor) -> Tensor:
+    return model.features(x)
+
+
+register_seed(SeedAdapter("mobilenet_v2", _build, _layout, _features, torchvision_model="mobilenet_v2",
                           description="torchvision MobileNetV2 (width_mult=...), ReLU6; FNA's seed"))

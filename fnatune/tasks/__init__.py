@@ -1,42 +1,168 @@
-"""Tasks: what sits on top of a searched backbone (head, loss, metric).
+"""Tasks: what an adaptation run adapts its backbone to (segmentation, detection, ...), behind one seam.
 
-Only the classification head lives here so far; ``build_task_model`` is what ``fnatune cost --task``
-uses to count a whole network (backbone + head) the way the paper reports it.
+A task is one module of this package that registers a :class:`Task`: its name, its headline metric, the
+defaults it fills into a pipeline config (its default space, its data root and class count), the config
+section of its own (detection's ``detector``), the pipeline that runs it on generated data, and its
+:class:`TaskBackend`. The backend is everything the task-independent stages need from the task: the data
+checks and datasets, the library model around a backbone, the loss, the metric and the whole-network cost.
+The config schema, the stages, the experiment and the summary read all of this from the registry and name
+no task.
+
+Task modules stay importable without torch (the driver of ``fnatune run`` validates configs and never
+imports torch); their backends import the heavy libraries inside their methods. Adding a task = its module
+here (found automatically), its OpenMMLab adapter where it has one, its pipelines and its tests; other
+packages add tasks under the ``fnatune.tasks`` entry-point group.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from fnatune.registry import Registry, import_submodules, load_plugins
 
-from fnatune.arch import Arch
-from fnatune.registry import Registry
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from torch import nn
+    from torch.utils.data import Dataset
 
-_TASK_MODELS: Registry[nn.Module] = Registry("task")
+    from fnatune.arch import Arch
+    from fnatune.config import PipelineCfg
 
 
-def register_task_model(name: str, doc: str | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``factory(arch, **options) -> nn.Module`` building the whole network of a task."""
-    return _TASK_MODELS.register(name, doc)
+class TaskBackend(ABC):
+    """One task's data, model and metric for one pipeline config. The search, fine-tune and evaluation loops
+    are the same for every task; this is what differs."""
+
+    def __init__(self, cfg: PipelineCfg) -> None:
+        self.cfg = cfg
+        self.task = get_task(cfg.task)
+
+    @property
+    def headline(self) -> str:
+        """The metric that sums a run up (logged on the parent run, in sweep and ablation tables)."""
+        return self.task.metric
+
+    @abstractmethod
+    def prepare(self) -> dict[str, float]:
+        """Generate synthetic data if asked, check the layout; fail early if the library is missing."""
+
+    @abstractmethod
+    def search_sets(self) -> tuple[Dataset[Any], Dataset[Any]]:
+        """(arch-step set, weight-step set): the two halves of FNA's split with their pipelines."""
+
+    @abstractmethod
+    def train_set(self) -> Dataset[Any]:
+        """The fine-tune set (train pipeline)."""
+
+    @abstractmethod
+    def val_set(self) -> Dataset[Any]:
+        """The evaluation set (test pipeline)."""
+
+    @abstractmethod
+    def model(self, backbone: dict[str, Any], arch: Arch, phase: str) -> nn.Module:
+        """The library model around ``backbone`` (an FNABackbone/FNASuperBackbone config). ``arch`` gives
+        the taps' channels; ``phase`` is ``"search"`` or ``"finetune"``. Head init is seeded by the caller."""
+
+    @abstractmethod
+    def collate(self, batch: list[Any]) -> Any:
+        """Samples -> a batch the model's data preprocessor takes."""
+
+    @abstractmethod
+    def loss_fn(self, model: nn.Module) -> Callable[[Any], Any]:
+        """``batch -> scalar loss``."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, dataset: Dataset[Any]) -> dict[str, float]:
+        """Metrics in percent; includes :attr:`headline`."""
+
+    @abstractmethod
+    def whole_model(self, arch: Arch) -> nn.Module:
+        """The whole network (backbone, neck, head) as the paper counts it, for :meth:`whole_cost`."""
+
+    @abstractmethod
+    def export_size(self) -> tuple[int, int]:
+        """(H, W) to export the backbone at when ``export.input`` is not given."""
+
+    #: keyword arguments of the whole model's forward when it is counted (mmdet models: ``mode="tensor"``)
+    madds_kwargs: Mapping[str, Any] = {}
+
+    def cost_input(self) -> tuple[int, int]:
+        """The resolution the paper counts MAdds at: ``search.cost.input``, else the space's task resolution."""
+        from fnatune.space import get_space
+
+        size = self.cfg.search.cost.input or get_space(self.cfg.space).input_size
+        return int(size[0]), int(size[1])
+
+    def whole_cost(self, arch: Arch) -> dict[str, float]:
+        """``params`` and ``madds_paper_resolution`` of the whole network, counted as the paper counts."""
+        from fnatune.cost import count_madds, count_params
+
+        model = self.whole_model(arch)
+        return {"params": float(count_params(model)),
+                "madds_paper_resolution": float(count_madds(model, self.cost_input(), **self.madds_kwargs))}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered task; see the module docstring.
+
+    ``defaults(raw)`` returns config values for a raw (unvalidated) pipeline mapping of this task; the
+    file's own values win over them. ``section``/``section_model`` declare the task's own config section,
+    ``section_required`` whether a pipeline must write it. ``requires`` are the modules its backend imports
+    (an optional library: :meth:`available` says whether they import here). ``smoke`` are ``--set``
+    overrides that shrink the ``tiny_pipeline`` to a few seconds, for the conformance tests.
+    """
+
+    name: str
+    metric: str
+    description: str
+    backend: type[TaskBackend]
+    defaults: Callable[[Mapping[str, Any]], dict[str, Any]] = lambda raw: {}
+    section: str | None = None
+    section_model: type[BaseModel] | None = None
+    section_required: bool = False
+    section_example: str = ""
+    requires: tuple[str, ...] = ()
+    tiny_pipeline: str | None = None
+    smoke: Mapping[str, Any] = field(default_factory=dict)
+
+    def backend_for(self, cfg: PipelineCfg) -> TaskBackend:
+        return self.backend(cfg)
+
+    def available(self) -> bool:
+        """Whether every module in ``requires`` imports in this environment."""
+        import importlib
+
+        for name in self.requires:
+            try:
+                importlib.import_module(name)
+            except Exception:  # ImportError, or a library's own error when its compiled part is missing
+                return False
+        return True
+
+
+_TASKS: Registry[Task] = Registry("task", loader=lambda: (import_submodules("fnatune.tasks"),
+                                                          load_plugins("fnatune.tasks")))
+#: what `fnatune cost --task` counts besides the registered tasks (:mod:`fnatune.whole_network`)
+COUNTING_TARGETS = ("backbone", "cls")
+
+
+def register_task(task: Task) -> Task:
+    """Register ``task`` under ``task.name`` (the config schema checks that its section shadows no key)."""
+    if task.name in COUNTING_TARGETS:
+        raise ValueError(f"'{task.name}' is reserved for `fnatune cost --task {task.name}`")
+    _TASKS.register(task.name, doc=task.description)(lambda: task)
+    return task
 
 
 def list_tasks() -> list[str]:
-    _load_builtin()
-    return _TASK_MODELS.names()
+    return _TASKS.names()
 
 
-def build_task_model(task: str, arch: Arch, **options: Any) -> nn.Module:
-    _load_builtin()
-    return _TASK_MODELS.factory(task)(arch, **options)
+def get_task(name: str) -> Task:
+    return _TASKS.create(name)
 
 
-def _load_builtin() -> None:
-    from fnatune.tasks import cls, seg  # noqa: F401
-
-
-@register_task_model("backbone", "the backbone alone (stem, stages, tail), as the arch's taps see it")
-def _backbone(arch: Arch, **_: Any) -> nn.Module:
-    from fnatune.nets import ChildNet
-
-    return ChildNet(arch)
+__all__ = ["COUNTING_TARGETS", "Task", "TaskBackend", "get_task", "list_tasks", "register_task"]

@@ -1,70 +1,109 @@
-"""FNA's DeepLabv3 segmentation head (FNA_SPEC §3.4), in plain torch.
-
-The head is plain torch so that ``fnatune cost --task seg`` and the conformance tests run without
-OpenMMLab; :mod:`fnatune.mm.seg` wraps the same :class:`ASPPSep` as an mmseg decode head for training.
-
-ASPP_Sep on the last tap (320 channels at output stride 16), 256 channels:
-a 1x1 branch; three separable branches (dw 3x3 dilated 6/12/18 + BN + ReLU, pw 1x1 + BN + ReLU);
-image pooling (GAP, 1x1, BN, ReLU, bilinear up); concat (1280) -> 1x1 256 + BN + ReLU + Dropout2d(0.1);
-then a 1x1 classifier with bias and bilinear upsampling to the input size (align_corners=True).
-"""
+"""Semantic segmentation (FNA_SPEC §3.4, §6.3): Cityscapes-layout data, DeepLabv3 with FNA's ASPP head
+(mmseg), mIoU. The stages themselves are task-independent (:mod:`fnatune.stages`)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from fnatune.tasks import Task, TaskBackend, register_task
 
-from fnatune.arch import Arch
-from fnatune.nets import ChildNet
-from fnatune.tasks import register_task_model
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
 
-
-def _conv_bn_relu(c_in: int, c_out: int, k: int = 1, dilation: int = 1, groups: int = 1, eps: float = 1e-5) -> nn.Sequential:
-    pad = (k - 1) // 2 * dilation
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=pad, dilation=dilation, groups=groups, bias=False),
-                         nn.BatchNorm2d(c_out, eps=eps), nn.ReLU(inplace=True))
+    from fnatune.arch import Arch
 
 
-class ASPPSep(nn.Module):
-    """Separable ASPP with image pooling and a 1x1 bottleneck; returns 256-channel features."""
+def _mm() -> Any:
+    from fnatune.mm import seg
 
-    def __init__(self, in_channels: int, channels: int = 256, dilations: Sequence[int] = (6, 12, 18),
-                 dropout: float = 0.1, bn_eps: float = 1e-5) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList([_conv_bn_relu(in_channels, channels, eps=bn_eps)])
-        for d in dilations:
-            self.branches.append(nn.Sequential(
-                _conv_bn_relu(in_channels, in_channels, 3, dilation=d, groups=in_channels, eps=bn_eps),
-                _conv_bn_relu(in_channels, channels, eps=bn_eps)))
-        self.image_pool = _conv_bn_relu(in_channels, channels, eps=bn_eps)
-        self.bottleneck = _conv_bn_relu(channels * (len(dilations) + 2), channels, eps=bn_eps)
-        self.dropout = nn.Dropout2d(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        outs = [b(x) for b in self.branches]
-        pooled = self.image_pool(F.adaptive_avg_pool2d(x, 1))
-        outs.append(F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=True))
-        return self.dropout(self.bottleneck(torch.cat(outs, dim=1)))
+    return seg
 
 
-class SegNet(nn.Module):
-    """Backbone (OS16 arch, one tap) + ASPPSep + 1x1 classifier + bilinear upsampling to the input."""
+class SegBackend(TaskBackend):
+    def _base_size(self) -> tuple[int, int]:
+        """Image size the scale factors apply to: the generated size, else Cityscapes' 1024x2048."""
+        gen = self.cfg.data.generate
+        return tuple(gen.size) if gen else (1024, 2048)  # type: ignore[return-value]
 
-    def __init__(self, backbone: nn.Module, num_classes: int = 19, channels: int = 256) -> None:
-        super().__init__()
-        self.backbone = backbone
-        in_ch = backbone.feature_info[-1].channels  # type: ignore[union-attr,index]
-        self.aspp = ASPPSep(in_ch, channels)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+    def prepare(self) -> dict[str, float]:
+        from fnatune.data.synthetic import check_cityscapes, generate_cityscapes
+        from fnatune.io import file_lock
 
-    def forward(self, x: Tensor) -> Tensor:
-        logits = self.classifier(self.aspp(self.backbone(x)[-1]))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        d = self.cfg.data
+        if d.generate is not None:
+            g = d.generate
+            with file_lock(str(Path(d.root).resolve()) + ".lock"):  # trials of a sweep share the folder
+                generate_cityscapes(d.root, g.num_train, g.num_val, g.size, g.seed)
+        metrics = {}
+        for split in ("train", "val"):
+            if d.check_labels:
+                metrics[f"{split}_images"] = float(check_cityscapes(d.root, split, d.num_classes, d.ignore_index))
+            else:
+                metrics[f"{split}_images"] = float(len(list((Path(d.root) / "leftImg8bit" / split).glob("*/*.png"))))
+        _mm()  # fail here, early and clearly, when OpenMMLab is missing
+        return metrics
+
+    def search_sets(self) -> tuple[Dataset[Any], Dataset[Any]]:
+        from torch.utils.data import Subset
+
+        from fnatune.data import split_indices
+
+        mm, d, s = _mm(), self.cfg.data, self.cfg.search
+        a = s.augment
+        aug = mm.cityscapes(d.root, "train", mm.train_pipeline(a.crop, a.scales, a.flip, self._base_size()))
+        plain = mm.cityscapes(d.root, "train", mm.train_pipeline(a.crop, [1.0], 0.0, self._base_size()))
+        part1, part2 = split_indices(len(aug), s.split.fraction, s.split.seed)
+        if s.split.arch_data == "augmented":  # FNA's code: augmented half -> arch steps, plain half -> weights
+            return Subset(aug, part1), Subset(plain, part2)
+        return Subset(plain, part2), Subset(aug, part1)
+
+    def train_set(self) -> Dataset[Any]:
+        mm, d, a = _mm(), self.cfg.data, self.cfg.finetune.augment
+        return mm.cityscapes(d.root, "train", mm.train_pipeline(a.crop, a.scales, a.flip, self._base_size()))
+
+    def val_set(self) -> Dataset[Any]:
+        mm = _mm()
+        return mm.cityscapes(self.cfg.data.root, "val", mm.plain_pipeline())
+
+    def model(self, backbone: dict[str, Any], arch: Arch, phase: str) -> nn.Module:
+        d, e = self.cfg.data, self.cfg.evaluate
+        crop = (self.cfg.search if phase == "search" else self.cfg.finetune).augment.crop
+        cfg = _mm().model_config(backbone, arch.tap_channels(arch.skeleton.taps[-1]), d.num_classes, d.mean, d.std,
+                                 crop, d.ignore_index, test_mode=e.mode, test_crop=e.crop, test_stride=e.stride)
+        return _mm().build_model(cfg)
+
+    def collate(self, batch: list[Any]) -> Any:
+        return _mm().collate(batch)
+
+    def loss_fn(self, model: nn.Module) -> Any:
+        return _mm().loss_fn(model)
+
+    def evaluate(self, model: nn.Module, dataset: Dataset[Any]) -> dict[str, float]:
+        return _mm().evaluate(model, dataset, self.cfg.evaluate.max_images)
+
+    def whole_model(self, arch: Arch) -> nn.Module:
+        """The plain-torch twin (:class:`~fnatune.heads.seg.SegNet`, the mmseg model's parameters), so
+        costs need no OpenMMLab."""
+        from fnatune.heads.seg import SegNet
+        from fnatune.nets import ChildNet
+
+        return SegNet(ChildNet(arch), num_classes=self.cfg.data.num_classes)
+
+    def export_size(self) -> tuple[int, int]:
+        return tuple(self.cfg.finetune.augment.crop)  # type: ignore[return-value]
 
 
-@register_task_model("seg", "DeepLabv3 (FNA's separable ASPP, 256 ch) + classifier (num_classes, default 19)")
-def _seg(arch: Arch, num_classes: int = 19, **_: Any) -> nn.Module:
-    return SegNet(ChildNet(arch), num_classes=num_classes)
+def _defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {"space": "mbv2_seg", "data": {"root": "data/cityscapes", "num_classes": 19}}
+
+
+SEG = register_task(Task(
+    name="seg", metric="mIoU", backend=SegBackend, defaults=_defaults,
+    description="semantic segmentation: DeepLabv3 with FNA's separable ASPP on a Cityscapes layout, mIoU (mmseg)",
+    requires=("mmcv._ext", "mmseg.models"),
+    tiny_pipeline="pipelines/tiny/seg.yaml",
+    smoke={"data.generate": {"num_train": 4, "num_val": 1, "size": [64, 128]}, "search.augment.crop": [64, 64],
+           "search.batch_size": 2, "finetune.augment.crop": [64, 64], "finetune.batch_size": 2,
+           "evaluate.max_images": 1}))

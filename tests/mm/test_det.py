@@ -202,6 +202,8 @@ def test_plain_mmdet_and_mmseg_configs_build_and_load_a_run_backbone(tmp_path: P
         det.build_model(cfg.model.to_dict())
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_tiny_det_pipeline_reaches_a_real_map_and_is_tracked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue's bar: `fnatune run pipelines/tiny/det.yaml` as shipped, on this CPU, with a
     non-trivial mAP, tracked in MLflow like the segmentation pipeline (takes ~4 min)."""
@@ -225,6 +227,8 @@ def test_tiny_det_pipeline_reaches_a_real_map_and_is_tracked(tmp_path: Path, mon
     assert children == {"data", "seed", "supernet", "search", "target", "finetune", "evaluate", "export"}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_det_pipeline_without_coco_names_the_layout_and_the_tiny_pipeline(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -237,14 +241,12 @@ def test_det_pipeline_without_coco_names_the_layout_and_the_tiny_pipeline(tmp_pa
 
 
 def test_a_detector_on_a_space_with_the_wrong_taps_is_a_clear_error() -> None:
-    from types import SimpleNamespace
-
     from fnatune.config import load_config
     from fnatune.errors import FnatuneError
     from fnatune.space import get_space
-    from fnatune.stages.det import DetBackend
+    from fnatune.tasks.det import DetBackend
 
     cfg = load_config(ROOT / "pipelines/tiny/det.yaml", ["space=mbv2_ssdlite"])
     arch = get_space("mbv2_ssdlite").sample(0)
     with pytest.raises(FnatuneError, match="retinanet needs a space with 4 taps.*use space: mbv2_det"):
-        DetBackend(SimpleNamespace(cfg=cfg)).model(dict(type="FNABackbone", arch=arch.to_dict()), arch, "finetune")
+        DetBackend(cfg).model(dict(type="FNABackbone", arch=arch.to_dict()), arch, "finetune")

@@ -64,13 +64,13 @@ def test_miou_on_hand_made_cases() -> None:
 def test_head_matches_the_plain_torch_network_and_a_plain_config_builds() -> None:
     from fnatune.arch import Arch
     from fnatune.cost import count_params
-    from fnatune.tasks import build_task_model
+    from fnatune.whole_network import whole_network
 
     arch = Arch.load(ARCHS_DIR / "fna_seg.json")
     cfg = mmseg_adapter.model_config(dict(type="FNABackbone", arch=str(ARCHS_DIR / "fna_seg.json")), 320, 19,
                                      MEAN, STD, (64, 64))
     model = mmseg_adapter.build_model(cfg)
-    assert count_params(model) == count_params(build_task_model("seg", arch, num_classes=19))
+    assert count_params(model) == count_params(whole_network("seg", arch, num_classes=19)[0])
     x = torch.randn(1, 3, 64, 64)
     model.eval()
     with torch.no_grad():
@@ -99,6 +99,8 @@ TINY = ["--set", "pretrain.iters=20", "--set", "pretrain.per_class_train=8", "--
         "--set", "finetune.augment.crop=[64, 64]", "--set", "export.input=[64, 128]"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_tiny_pipeline_runs_tracks_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FNATUNE_CACHE", str(tmp_path / "cache"))
@@ -150,6 +152,8 @@ def test_tiny_pipeline_runs_tracks_and_resumes(tmp_path: Path, monkeypatch: pyte
     assert res.exit_code == 2 and "fnatune resume run" in res.output
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_missing_dataset_points_to_the_tiny_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(main, ["run", str(ROOT / "pipelines/seg.yaml"), "--run-dir", "r",

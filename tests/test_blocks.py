@@ -1,16 +1,18 @@
-"""Op names and the MBConv layout (FNA_SPEC §3.1)."""
+"""Block families: the MBConv grammar and layout (FNA_SPEC §3.1), and the family seam itself."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from fnatune.blocks import Skip, build_op, family_of, get_family, parse_op
+from fnatune.blocks.mbconv import MBConv, MBConvSpec
 from fnatune.errors import ArchError
-from fnatune.ops import MBConv, OpSpec, Skip, build_op, parse_op
 
 
 def test_parse_op_names() -> None:
-    assert parse_op("k5_e3") == OpSpec(5, 3) and parse_op("skip") is None
-    for bad, msg in [("k4_e6", "must be odd"), ("k3_e0", ">= 1"), ("conv", "unknown op")]:
+    assert parse_op("k5_e3") == MBConvSpec(5, 3) and parse_op("skip") is None
+    assert parse_op("k5_e3").name == "k5_e3" and family_of("k5_e3") is get_family("mbconv")
+    for bad, msg in [("k4_e6", "must be odd"), ("k3_e0", ">= 1"), ("conv", "unknown op 'conv': expected 'skip' or")]:
         with pytest.raises(ArchError, match=msg):
             parse_op(bad)
 
@@ -26,6 +28,7 @@ def test_mbconv_layout_and_residual() -> None:
     x = torch.randn(1, 24, 9, 9)
     out, hidden = op.forward_with_expansion(x)
     assert out.shape == x.shape and hidden.shape == (1, 144, 9, 9)
+    assert family_of(op) is get_family("mbconv") and family_of(Skip()) is None
 
 
 def test_skip_only_where_shapes_match() -> None:

@@ -1,20 +1,38 @@
-"""Detection with mmdet (FNA_SPEC §3.2, §3.3, §5.5, §6.1, §6.2): COCO-format data, RetinaNet or
-SSDLite around our backbone, COCO bbox mAP. The stages are task-independent
-(:mod:`fnatune.stages.learn`)."""
+"""Object detection (FNA_SPEC §3.2, §3.3, §5.5, §6.1, §6.2): COCO-format data, RetinaNet or SSDLite around
+our backbone (mmdet), COCO bbox mAP. Its config section is ``detector``. The stages are task-independent
+(:mod:`fnatune.stages`)."""
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
-from torch.utils.data import Dataset, Subset
+from pydantic import Field
 
-from fnatune.arch import Arch
+from fnatune.config.sections import Section
 from fnatune.errors import FnatuneError
-from fnatune.stages.backend import TaskBackend
+from fnatune.tasks import Task, TaskBackend, register_task
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from fnatune.arch import Arch
 
 # post-processing of each detector's recipe (FNA_SPEC §6.1, §6.2), where the config leaves it open
 RECIPES = {"retinanet": {"score_thr": 0.05, "nms_iou": 0.5, "max_per_img": 100},
            "ssdlite": {"score_thr": 0.02, "nms_iou": 0.6, "max_per_img": 200}}
+DEFAULT_SPACES = {"retinanet": "mbv2_det", "ssdlite": "mbv2_ssdlite"}
+
+
+class DetectorCfg(Section):
+    """Detection head and post-processing; None = the detector's recipe (FNA_SPEC §6.1, §6.2)."""
+
+    type: Literal["retinanet", "ssdlite"] = "retinanet"
+    score_thr: float | None = Field(None, ge=0, le=1)    # retinanet 0.05, ssdlite 0.02
+    nms_iou: float | None = Field(None, gt=0, le=1)      # 0.5 / 0.6
+    max_per_img: int | None = Field(None, ge=1)          # 100 / 200
+    nms_pre: int = Field(1000, ge=1)
+    channels: int = Field(256, ge=8)                     # retinanet FPN and head width (the paper: 256)
 
 
 def _mm() -> Any:
@@ -24,18 +42,23 @@ def _mm() -> Any:
 
 
 class DetBackend(TaskBackend):
-    headline = "bbox_mAP"
+    madds_kwargs = {"mode": "tensor"}
+
+    @property
+    def detector(self) -> DetectorCfg:
+        det = self.cfg.task_section()
+        assert isinstance(det, DetectorCfg)  # the schema requires it for task det
+        return det
 
     def prepare(self) -> dict[str, float]:
+        from pathlib import Path
+
         from fnatune.data.coco import check_coco, generate_coco
+        from fnatune.io import file_lock
 
         d = self.cfg.data
         if d.generate is not None:
             g = d.generate
-            from pathlib import Path
-
-            from fnatune.io import file_lock
-
             with file_lock(str(Path(d.root).resolve()) + ".lock"):  # trials of a sweep share the folder
                 generate_coco(d.root, g.num_train, g.num_val, g.size, g.seed, g.max_objects)
         metrics: dict[str, float] = {}
@@ -52,6 +75,8 @@ class DetBackend(TaskBackend):
     def search_sets(self) -> tuple[Dataset[Any], Dataset[Any]]:
         """FNA's halves of the train set: part 1 with the train pipeline, part 2 with the val pipeline
         (boxes kept); ``split.arch_data`` says which half feeds the arch steps (FNA's code: part 1)."""
+        from torch.utils.data import Subset
+
         mm, d, s = _mm(), self.cfg.data, self.cfg.search
         a = s.augment
         aug = mm.coco(d.root, "train", self._train_pipeline(a))
@@ -69,8 +94,7 @@ class DetBackend(TaskBackend):
         return _mm().coco(self.cfg.data.root, "val", _mm().plain_pipeline(a.scale, a.keep_ratio, False), test_mode=True)
 
     def _config(self, backbone: dict[str, Any], arch: Arch) -> dict[str, Any]:
-        det, d = self.cfg.detector, self.cfg.data
-        assert det is not None  # the schema requires it for task det
+        det, d = self.detector, self.cfg.data
         post = {k: v if (v := getattr(det, k)) is not None else RECIPES[det.type][k] for k in RECIPES[det.type]}
         chans = [arch.tap_channels(t) for t in arch.skeleton.taps]
         if det.type == "retinanet":
@@ -96,16 +120,27 @@ class DetBackend(TaskBackend):
     def evaluate(self, model: nn.Module, dataset: Dataset[Any]) -> dict[str, float]:
         return _mm().evaluate(model, dataset, self.cfg.data.root, "val", self.cfg.evaluate.max_images)
 
-    def whole_cost(self, arch: Arch) -> dict[str, float]:
-        """The mmdet detector's parameters, and its MAdds (convs and linears) at the paper's resolution
-        (RetinaNet 800x1088, SSDLite 320x320) from a forward on the meta device."""
-        from fnatune.cost import count_madds, count_params
-        from fnatune.space import get_space
-
-        model = _mm().build_model(self._config(dict(type="FNABackbone", arch=arch.to_dict()), arch), init=False)
-        size = self.cfg.search.cost.input or get_space(self.cfg.space).input_size
-        return {"params": float(count_params(model)),
-                "madds_paper_resolution": float(count_madds(model, size, mode="tensor"))}
+    def whole_model(self, arch: Arch) -> nn.Module:
+        """The mmdet detector, uninitialised (counting needs no init); its MAdds are counted with a forward on
+        the meta device at the paper's resolution (RetinaNet 800x1088, SSDLite 320x320)."""
+        return _mm().build_model(self._config(dict(type="FNABackbone", arch=arch.to_dict()), arch), init=False)
 
     def export_size(self) -> tuple[int, int]:
         return tuple(self.cfg.finetune.augment.scale)  # type: ignore[return-value]
+
+
+def _defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
+    det = raw.get("detector") if isinstance(raw.get("detector"), Mapping) else {}
+    kind = det.get("type", "retinanet") if isinstance(det, Mapping) else "retinanet"
+    return {"space": DEFAULT_SPACES.get(kind, "mbv2_det"), "data": {"root": "data/coco", "num_classes": 80}}
+
+
+DET = register_task(Task(
+    name="det", metric="bbox_mAP", backend=DetBackend, defaults=_defaults,
+    description="object detection: RetinaNet or SSDLite (mmdet) on a COCO layout, COCO bbox mAP",
+    section="detector", section_model=DetectorCfg, section_required=True,
+    requires=("mmcv._ext", "mmdet.models"),
+    section_example="detector: {type: retinanet}", tiny_pipeline="pipelines/tiny/det.yaml",
+    smoke={"data.generate": {"num_train": 4, "num_val": 1, "size": [64, 96], "max_objects": 2},
+           "search.augment.scale": [64, 96], "search.batch_size": 2, "finetune.augment.scale": [64, 96],
+           "finetune.batch_size": 2, "detector.channels": 32, "evaluate.max_images": 1}))

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from fnatune.arch import Arch
 from fnatune.nets import ChildNet
-from fnatune.tasks import register_task_model
 
 
 class ClassifierNet(nn.Module):
@@ -37,8 +36,3 @@ class ClassifierNet(nn.Module):
         net.backbone.load_state_dict(seed.state_dict)
         net.fc.load_state_dict(seed.classifier)
         return net
-
-
-@register_task_model("cls", "classifier: backbone + global average pooling + linear (num_classes, default 1000)")
-def _cls(arch: Arch, num_classes: int = 1000, **_: Any) -> nn.Module:
-    return ClassifierNet(arch, num_classes=num_classes)

@@ -1,0 +1,147 @@
+"""The run directory: the one type that knows its layout.
+
+A run directory is the single source of truth of a run; everything a stage produces lives in it, so a
+killed run resumes from what is there::
+
+    <run>/config.yaml            the resolved config
+    <run>/run.json               state: tracking URI, parent and stage MLflow run ids, Tune's storage
+    <run>/arch.json              the derived (or fixed) architecture
+    <run>/stages/<stage>/        a stage's outputs; done.json once it finished (outputs, metrics, hours)
+    <run>/trial_error.json       the user error a trial stopped with (bad config, data, install)
+    <run>/tune/                  Ray Tune's storage (its experiment and checkpoint copies)
+    <run>/trials/<trial id>/     one sweep trial, itself a run directory
+    <run>/variants/<name>/       one variant (ablation), itself a run directory
+
+Paths inside ``done.json`` are relative to the run directory, so a run directory can be moved.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fnatune.errors import FnatuneError
+from fnatune.io import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from fnatune.config import PipelineCfg
+
+
+class RunDir:
+    """One run directory (see the module docstring). Cheap to create; reads the disk on every call."""
+
+    CONFIG = "config.yaml"
+    STATE = "run.json"
+    ARCH = "arch.json"
+    DONE = "done.json"
+    TRIAL_ERROR = "trial_error.json"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    # ------------------------------------------------------------------------------------- files
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def arch_path(self) -> Path:
+        return self.path / self.ARCH
+
+    @property
+    def tune_storage(self) -> Path:
+        return self.path / "tune"
+
+    def exists(self) -> bool:
+        """Whether a run was started here (its state file exists)."""
+        return (self.path / self.STATE).exists()
+
+    def rel(self, path: str | Path) -> str:
+        """``path`` relative to the run directory, as ``done.json`` stores it."""
+        return str(Path(path).resolve().relative_to(self.path.resolve()))
+
+    # ------------------------------------------------------------------------------------- config
+    def write_config(self, cfg: PipelineCfg, source: str) -> None:
+        from fnatune.config import dump_config
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, f"# resolved from {source}\n" + dump_config(cfg))
+
+    def read_config(self) -> PipelineCfg:
+        import yaml
+
+        from fnatune.config import validate
+
+        if not self.config_path.exists():
+            raise FnatuneError(f"{self.path} is not a fnatune run directory (no {self.CONFIG}); "
+                               "start one with `fnatune run`")
+        return validate(yaml.safe_load(self.config_path.read_text()), str(self.config_path))
+
+    # ------------------------------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        p = self.path / self.STATE
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        atomic_write_json(self.path / self.STATE, state)
+
+    def update_state(self, **values: Any) -> dict[str, Any]:
+        state = {**self.state(), **values}
+        self.write_state(state)
+        return state
+
+    # ------------------------------------------------------------------------------------- stages
+    def stage_dir(self, name: str) -> Path:
+        return self.path / "stages" / name
+
+    def is_done(self, stage: str) -> bool:
+        return (self.stage_dir(stage) / self.DONE).exists()
+
+    def done(self, stage: str) -> dict[str, Any]:
+        """The record of a finished stage: ``{"outputs", "metrics", "hours"}`` ({} while unfinished)."""
+        p = self.stage_dir(stage) / self.DONE
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def mark_done(self, stage: str, record: dict[str, Any]) -> None:
+        atomic_write_json(self.stage_dir(stage) / self.DONE, record)
+
+    def unmark_done(self, stage: str) -> None:
+        (self.stage_dir(stage) / self.DONE).unlink(missing_ok=True)
+
+    def stage_records(self) -> dict[str, dict[str, Any]]:
+        """Every finished stage's record, by stage name."""
+        return {p.parent.name: json.loads(p.read_text()) for p in sorted(self.path.glob(f"stages/*/{self.DONE}"))}
+
+    def outputs(self, stage: str) -> dict[str, Any]:
+        if not self.is_done(stage):
+            raise FnatuneError(f"stage '{stage}' has not completed in {self.path}")
+        return self.done(stage)["outputs"]
+
+    def output(self, stage: str, key: str) -> Path:
+        """A finished stage's output file ``key``."""
+        return self.path / self.outputs(stage)[key]
+
+    # ------------------------------------------------------------------------------------- trials
+    def trial(self, trial_id: str) -> RunDir:
+        return RunDir(self.path / "trials" / trial_id)
+
+    def variant(self, name: str) -> RunDir:
+        return RunDir(self.path / "variants" / name)
+
+    def trial_error(self) -> str | None:
+        """The user error this run (a trial) stopped with, if any."""
+        p = self.path / self.TRIAL_ERROR
+        return json.loads(p.read_text())["error"] if p.exists() else None
+
+    def set_trial_error(self, message: str | None) -> None:
+        p = self.path / self.TRIAL_ERROR
+        if message is None:
+            p.unlink(missing_ok=True)
+        else:
+            atomic_write_json(p, {"error": message})

@@ -1,0 +1,38 @@
+"""Stage ``export``: the derived backbone with its fine-tuned weights to ONNX (checked with onnxruntime), its
+picture, and the whole network's parameters and MAdds at the paper's resolution."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fnatune.arch import Arch
+from fnatune.framework import RunContext, StageHandle
+
+
+def stage_export(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
+    from fnatune.cost import count_params
+    from fnatune.export import export_onnx
+    from fnatune.nets import ChildNet
+    from fnatune.viz import arch_picture
+
+    arch = Arch.load(ctx.run.arch_path)
+    backbone = ChildNet(arch)
+    backbone.load_state_dict(torch.load(ctx.path("finetune", "backbone"), map_location="cpu", weights_only=True))
+    outputs: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    pic = arch_picture(arch, st.dir / "arch.png", title=f"{ctx.cfg.name}: {arch.block_string()}")
+    outputs["picture"] = ctx.rel(pic)
+    if ctx.cfg.export.onnx:
+        size = ctx.cfg.export.input or ctx.backend.export_size()
+        info = export_onnx(backbone, st.dir / "backbone.onnx", size, arch.skeleton.in_channels, ctx.cfg.export.opset)
+        outputs["onnx"] = ctx.rel(st.dir / "backbone.onnx")
+        metrics["onnxruntime_max_abs_diff"] = info["onnxruntime_max_abs_diff"]
+        st.log_artifact(st.dir / "backbone.onnx")
+    metrics.update(ctx.backend.whole_cost(arch))
+    metrics["backbone_params"] = float(count_params(backbone))
+    for p in (ctx.run.arch_path, pic, ctx.path("finetune", "backbone")):
+        st.log_artifact(p)
+    st.tracker.log_artifact(ctx.parent_run, ctx.run.arch_path)
+    st.tracker.log_artifact(ctx.parent_run, pic)
+    return {"outputs": outputs, "metrics": metrics}

@@ -1,0 +1,109 @@
+"""Stage ``seed``: load the seed network (a torchvision weights name, a checkpoint, or none) and convert it
+into our canonical net, or, where no ImageNet weights can be had, pretrain it on generated shapes (cached
+by config, so every tiny pipeline and every trial shares one)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fnatune.framework import RunContext, StageHandle, eta
+from fnatune.io import file_lock
+from fnatune.seeds import Seed, load_seed
+
+
+def seed_of(ctx: RunContext) -> Seed:
+    """The run's seed, as the seed stage wrote it (read once per process)."""
+    if "seed" not in ctx.cache:
+        ctx.cache["seed"] = Seed.load(ctx.path("seed", "seed"))
+    return ctx.cache["seed"]
+
+
+def stage_seed(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
+    """Load the seed (torchvision name, checkpoint, none) or pretrain it on generated data (cached)."""
+    sc = ctx.cfg.seed_net
+    metrics: dict[str, float] = {}
+    if sc.weights == "pretrain":
+        seed, metrics = pretrained_seed(ctx, st)
+    else:
+        seed = load_seed(sc.name, weights=sc.weights, **sc.options)
+    out = seed.save(st.dir / "seed.pt")
+    st.log_params({"seed.name": seed.name, "seed.source": seed.source, "seed.arch": seed.arch.block_string()})
+    ctx.cache["seed"] = seed
+    return {"outputs": {"seed": ctx.rel(out)}, "metrics": metrics}
+
+
+def _pretrain_key(ctx: RunContext) -> str:
+    payload = {"seed": ctx.cfg.seed_net.name, "options": ctx.cfg.seed_net.options,
+               "pretrain": ctx.cfg.pretrain.model_dump(mode="json", exclude={"cache_dir"}), "seed_value": ctx.cfg.seed,
+               "torch": torch.__version__.split("+")[0], "v": 2}  # v2: seeded random init
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrained_seed(ctx: RunContext, st: StageHandle) -> tuple[Seed, dict[str, float]]:
+    """Train the seed's classifier on a generated ImageFolder set; reuse a cached result if present."""
+    pc = ctx.cfg.pretrain
+    cache_root = Path(pc.cache_dir or Path(os.environ.get("FNATUNE_CACHE", Path.home() / ".cache" / "fnatune")))
+    cached = cache_root / "pretrain" / f"{ctx.cfg.seed_net.name}-{_pretrain_key(ctx)}.pt"
+    with file_lock(str(cached) + ".lock"):  # concurrent trials: one pretrains, the others read its result
+        if cached.exists():
+            ctx.progress(f"  seed: pretrained seed read from cache {cached}", force=True)
+            return Seed.load(cached), {"pretrain_cached": 1.0}
+        return _pretrain(ctx, st, cached)
+
+
+def _pretrain(ctx: RunContext, st: StageHandle, cached: Path) -> tuple[Seed, dict[str, float]]:
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    from fnatune.data import BatchStream
+    from fnatune.data.synthetic import generate_classification
+    from fnatune.heads.cls import ClassifierNet
+    from fnatune.seeds import seed_from_net
+    from fnatune.train import Trainer, TrainObserver
+
+    pc = ctx.cfg.pretrain
+    # one folder per generated set, so pipelines asking for other sizes never collide
+    sub = f"c{pc.num_classes}_t{pc.per_class_train}_v{pc.per_class_val}_s{pc.size}_seed{ctx.cfg.seed}"
+    root = generate_classification(Path(pc.data_root) / sub, pc.num_classes, pc.per_class_train, pc.per_class_val,
+                                   pc.size, seed=ctx.cfg.seed)
+    tf = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    train_set, val_set = ImageFolder(str(root / "train"), tf), ImageFolder(str(root / "val"), tf)
+    torch.manual_seed(ctx.cfg.seed)  # before the seed's random init: the pretrained seed is a function of the config
+    base = load_seed(ctx.cfg.seed_net.name, weights=None, **ctx.cfg.seed_net.options)
+    net = ClassifierNet(base.arch, num_classes=pc.num_classes)
+    net.backbone.load_state_dict(base.state_dict)
+    dev = ctx.device()
+    net.to(dev)
+
+    def loss_fn(batch: Any) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.cross_entropy(net(x.to(dev)), y.to(dev))
+
+    class Obs(TrainObserver):
+        def on_step(self, info: dict[str, Any]) -> None:
+            ctx.progress(f"  pretrain it {info['it']}/{info['iters']} loss {info['loss']:.3f} "
+                         f"ETA {eta(info['it'], info['iters'], info['elapsed'])}")
+
+        def on_log(self, it: int, metrics: dict[str, float]) -> None:
+            st.log_metrics({f"pretrain_{k}": v for k, v in metrics.items()}, it)
+
+    stream = BatchStream(train_set, pc.batch_size, seed=ctx.cfg.seed)
+    Trainer(net, loss_fn, stream, pc.loop(), st.dir / "pretrain", Obs(), seed=ctx.cfg.seed).run()
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(val_set, batch_size=64):
+            correct += int((net(x.to(dev)).argmax(1).cpu() == y).sum())
+    acc = correct / len(val_set)
+    seed = seed_from_net(ctx.cfg.seed_net.name, net.backbone.cpu(), source=f"pretrained by fnatune (val acc {acc:.3f})")
+    seed.classifier = {k: v.detach().cpu().clone() for k, v in net.fc.state_dict().items()}
+    seed.save(cached)
+    shutil.rmtree(st.dir / "pretrain", ignore_errors=True)
+    ctx.progress(f"  seed: pretrained, val accuracy {acc:.3f}; cached at {cached}", force=True)
+    return seed, {"pretrain_val_acc": acc}
