@@ -250,9 +250,8 @@ def _finish(run_dir: Path, result: dict[str, Any]) -> None:
     click.echo(f"results: {run_dir}")
     if run.arch_path.exists():
         click.echo(f"  derived architecture: {run.arch_path}")
-    for name in ("ablation_summary.md", "sweep_summary.md", "pareto_front.md", "pareto_front.png"):
-        if (run_dir / name).exists():
-            click.echo(f"  {name:<21} {run_dir / name}")
+    for path in run.summaries():
+        click.echo(f"  {path.name:<21} {path}")
     ev = result.get("stages", {}).get("evaluate", {}).get("metrics", {})
     if ev:
         click.echo("  metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))

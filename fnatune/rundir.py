@@ -11,6 +11,7 @@ killed run resumes from what is there::
     <run>/tune/                  Ray Tune's storage (its experiment and checkpoint copies)
     <run>/trials/<trial id>/     one sweep trial, itself a run directory
     <run>/variants/<name>/       one variant (ablation), itself a run directory
+    <run>/<kind>_summary.md|json the table of a sweep's or the variants' trials; pareto_front.md|png (sweeps)
 
 Paths inside ``done.json`` are relative to the run directory, so a run directory can be moved.
 """
@@ -133,6 +134,19 @@ class RunDir:
 
     def variant(self, name: str) -> RunDir:
         return RunDir(self.path / "variants" / name)
+
+    def summary_path(self, kind: str, suffix: str = ".md") -> Path:
+        """Where the end-of-run table of ``kind`` ("sweep", "ablation") goes."""
+        return self.path / f"{kind}_summary{suffix}"
+
+    def pareto_path(self, suffix: str = ".md") -> Path:
+        return self.path / f"pareto_front{suffix}"
+
+    def summaries(self) -> list[Path]:
+        """The end-of-run tables and plots that exist, for the console's last lines."""
+        candidates = [self.summary_path(k) for k in ("ablation", "sweep")] + [self.pareto_path(".md"),
+                                                                             self.pareto_path(".png")]
+        return [p for p in candidates if p.exists()]
 
     def trial_error(self) -> str | None:
         """The user error this run (a trial) stopped with, if any."""

@@ -106,9 +106,10 @@ class Searcher:
         self.arch_opt = build_optimizer(self.alphas, settings.arch_optim)
         self.steps_per_epoch = settings.steps_per_epoch or settings.repeat * len(arch_stream)
         lr = settings.weight_lr
-        self.schedule = LRSchedule(
-            settings.weight_optim.lr, settings.epochs * self.steps_per_epoch, lr.policy, lr.warmup_iters,
-            lr.warmup_ratio, [m * self.steps_per_epoch for m in lr.milestones], lr.gamma, lr.power)
+        self.schedule = LRSchedule(  # milestones are epochs in the config, weight iterations here
+            base_lr=settings.weight_optim.lr, total_iters=settings.epochs * self.steps_per_epoch, policy=lr.policy,
+            warmup_iters=lr.warmup_iters, warmup_ratio=lr.warmup_ratio,
+            milestones=[m * self.steps_per_epoch for m in lr.milestones], gamma=lr.gamma, power=lr.power)
         self.gen = torch.Generator()
         self.progress: dict[str, Any] = {"epoch": 0, "w_in_epoch": 0, "cycle_pos": 0, "step": 0,
                                          "weight_iter": 0, "arch_iter": 0, "done": False}

@@ -86,7 +86,6 @@ def summarise(cfg: PipelineCfg, run: RunDir, results: Sequence[Any], tracker: An
     """Rows for every trial (:class:`fnatune.tune.TrialResult`) of a variants or sweep run, the tables and
     (sweeps) the Pareto front."""
     metric = cfg.metric_name()
-    run_dir = run.path
     rows: list[dict[str, Any]] = []
     if cfg.sweep is None:
         errors = {r.config.get("variant"): r.error for r in results}
@@ -97,7 +96,7 @@ def summarise(cfg: PipelineCfg, run: RunDir, results: Sequence[Any], tracker: An
             row["status"] = "done" if row["complete"] else f"failed: {why}"
             rows.append(row)
         table = variants_table(rows, metric)
-        name = "ablation_summary"
+        kind = "ablation"
     else:
         keys = list(cfg.sweep.params)
         for r in sorted(results, key=lambda r: r.trial_id):
@@ -112,21 +111,21 @@ def summarise(cfg: PipelineCfg, run: RunDir, results: Sequence[Any], tracker: An
         for i in pareto_front([(rows[j]["metrics"][metric], rows[j]["madds_B"]) for j in ok]):
             rows[ok[i]]["pareto"] = True
         table = sweep_table(rows, metric, keys)
-        name = "sweep_summary"
+        kind = "sweep"
         front = [r for r in rows if r.get("pareto")]
         if front:
             front_table = sweep_table(sorted(front, key=lambda r: r["madds_B"]), metric, keys)
-            atomic_write_text(run_dir / "pareto_front.md", front_table)
-            plot = pareto_plot(rows, metric, run_dir / "pareto_front.png",
+            atomic_write_text(run.pareto_path(".md"), front_table)
+            plot = pareto_plot(rows, metric, run.pareto_path(".png"),
                                f"{cfg.name}: {metric} vs cost, {len(ok)} finished trials")
-            for p in (run_dir / "pareto_front.md", plot):
+            for p in (run.pareto_path(".md"), plot):
                 tracker.log_artifact(parent, p)
             tracker.log_metrics(parent, {"pareto_size": float(len(front)),
                                          f"best_{metric}": max(r["metrics"][metric] for r in front)})
-    atomic_write_text(run_dir / f"{name}.md", table)
-    atomic_write_json(run_dir / f"{name}.json", rows)
-    tracker.log_artifact(parent, run_dir / f"{name}.md")
-    tracker.log_artifact(parent, run_dir / f"{name}.json")
+    atomic_write_text(run.summary_path(kind), table)
+    atomic_write_json(run.summary_path(kind, ".json"), rows)
+    tracker.log_artifact(parent, run.summary_path(kind))
+    tracker.log_artifact(parent, run.summary_path(kind, ".json"))
     return {"rows": rows, "table": table, "metric": metric}
 
 

@@ -53,8 +53,9 @@ class Trainer:
         self.ckpt = LoopCheckpoint(self.workdir, "fnatune-train", dp)
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = build_optimizer(params, settings.optim)
-        self.schedule = LRSchedule(settings.optim.lr, settings.iters, settings.policy, settings.warmup_iters,
-                                   settings.warmup_ratio, settings.milestones, settings.gamma, settings.power)
+        self.schedule = LRSchedule(base_lr=settings.optim.lr, total_iters=settings.iters, policy=settings.policy,
+                                   warmup_iters=settings.warmup_iters, warmup_ratio=settings.warmup_ratio,
+                                   milestones=settings.milestones, gamma=settings.gamma, power=settings.power)
         self.it = 0
         self.acc: dict[str, float] = {"loss": 0.0, "n": 0.0}
         self.log: list[dict[str, Any]] = []

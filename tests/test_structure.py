@@ -114,6 +114,19 @@ def test_ray_and_mlflow_each_live_behind_one_module() -> None:
     assert users == {"ray": {"fnatune.tune"}, "mlflow": {"fnatune.tracking"}}
 
 
+def test_stages_and_their_framework_never_reach_the_orchestrator() -> None:
+    """Stages get their launcher and reporter through the context; only the orchestration imports Ray's adapter."""
+    graph = _graph()
+    reach = {m for m in graph if m.startswith(("fnatune.stages", "fnatune.framework", "fnatune.pipeline"))}
+    seen, todo = set(), list(reach)
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += graph.get(m, ())
+    assert not seen & {"fnatune.tune", "fnatune.experiment", "fnatune.cli"}
+
+
 def test_no_module_imports_another_modules_private_names() -> None:
     mods = _modules()
     bad = []
