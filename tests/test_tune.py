@@ -205,9 +205,27 @@ def test_bad_input_fails_fast_with_clear_messages(in_workdir: Path) -> None:
     assert res.returncode == 2 and "cannot run even one trial" in res.stderr and "'gpu': 4.0" in res.stderr
 
 
+# A two-node cluster on the loopback, kept up by a process of its own: Ray's authentication state is per process
+# (a local Ray started earlier in this one switches it to token mode for good), so neither the cluster nor the
+# drivers may share the test's process.
+CLUSTER = """
+import os, sys, time
+from pathlib import Path
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                          "node_ip_address": "127.0.0.1"})
+cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+cluster.wait_for_nodes()
+Path(sys.argv[1]).write_text(cluster.address)
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.1)
+cluster.shutdown()
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sweep_across_a_two_node_cluster(in_workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_across_a_two_node_cluster(in_workdir: Path, tmp_path: Path) -> None:
     """Two Ray nodes on 127.0.0.1 with one CPU each; an NSGA-II sweep of two trials runs one trial per
     node, each trial a nested MLflow run (stages nested below it) with its metrics; then a trial that asks
     for a GPU the cluster lacks ends with a timeout message instead of waiting forever. The cluster has no
@@ -215,29 +233,34 @@ def test_sweep_across_a_two_node_cluster(in_workdir: Path, tmp_path: Path, monke
     use it then (it did, and the cluster dropped every trial's actor before it ran)."""
     token = tmp_path / "auth_token"
     token.write_text("0123456789abcdef" * 4)
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from ray._private import ray_constants
-    from ray.cluster_utils import Cluster
-
-    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                              "node_ip_address": "127.0.0.1"})
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env.update({"RAY_AUTH_TOKEN_PATH": str(token), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "FNATUNE_CACHE": str(in_workdir / "cache"), "RAY_USAGE_STATS_ENABLED": "0"})
+    address_file, stop_file = tmp_path / "address", tmp_path / "stop"
+    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER, str(address_file), str(stop_file)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-        cluster.wait_for_nodes()
+        deadline = time.monotonic() + 120
+        while not address_file.exists():
+            assert cluster.poll() is None and time.monotonic() < deadline, "the test cluster did not start"
+            time.sleep(0.1)
+        address = address_file.read_text()
+
+        def cli(*args: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+            return subprocess.run([sys.executable, "-m", "fnatune.cli", *args], cwd=in_workdir, env=env,
+                                  capture_output=True, text=True, timeout=600)
+
         sweep = {"sweep": {"method": "optuna", "objectives": ["metric", "cost"], "num_samples": 2,
                            "max_concurrent": 2, "seed": 3,
                            "params": {"search.cost.lambda": {"loguniform": [0.01, 1.0]},
                                       "search.temperature": {"uniform": [0.5, 2.0]}}}}
         uri = f"sqlite:///{in_workdir / 'sweep.db'}"
-        res = CliRunner().invoke(main, ["run", str(_micro(in_workdir, sweep, "sweep.yaml")), "--run-dir", "sweep",
-                                        "--tracking-uri", uri, "--address", cluster.address])
-        assert res.exit_code == 0, res.output
+        res = cli("run", str(_micro(in_workdir, sweep, "sweep.yaml")), "--run-dir", "sweep", "--tracking-uri", uri,
+                  "--address", address)
+        assert res.returncode == 0, res.stdout + res.stderr
         run = in_workdir / "sweep"
         rows = json.loads((run / "sweep_summary.json").read_text())
-        assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
+        assert len(rows) == 2 and all(r["status"] == "done" for r in rows), res.stdout
         assert len({r["set"]["search.cost.lambda"] for r in rows}) == 2
         assert (run / "pareto_front.png").stat().st_size > 0 and any(r.get("pareto") for r in rows)
 
@@ -257,13 +280,16 @@ def test_sweep_across_a_two_node_cluster(in_workdir: Path, tmp_path: Path, monke
         assert {"pareto_front.png", "pareto_front.md", "sweep_summary.md"} <= arts
 
         t0 = time.monotonic()
-        res = CliRunner().invoke(main, ["run", str(_micro(in_workdir)), "--run-dir", "gpu", "--address",
-                                        cluster.address, "--set", "resources.gpu=1", "--set",
-                                        "tune.pending_timeout_s=2", "--set", "tracking.enabled=false"])
-        assert res.exit_code == 2 and time.monotonic() - t0 < 60, res.output
-        assert "no trial could start within tune.pending_timeout_s = 2 s" in res.output and "'gpu': 1.0" in res.output
+        res = cli("run", str(_micro(in_workdir)), "--run-dir", "gpu", "--address", address, "--set", "resources.gpu=1",
+                  "--set", "tune.pending_timeout_s=2", "--set", "tracking.enabled=false")
+        assert res.returncode == 2 and time.monotonic() - t0 < 60, res.stdout + res.stderr
+        assert "no trial could start within tune.pending_timeout_s = 2 s" in res.stderr and "'gpu': 1.0" in res.stderr
     finally:
-        cluster.shutdown()
+        stop_file.write_text("")
+        try:
+            cluster.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            cluster.kill()
 
 
 @pytest.mark.slow
