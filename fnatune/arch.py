@@ -1,6 +1,7 @@
 """Architectures: a :class:`Skeleton` (the fixed macro structure) plus the ops chosen per layer.
 
-The skeleton says what FNA never searches: stem, stage widths, strides and dilations, the optional 1x1
+The skeleton says what FNA never searches: stem (a KxK conv, and a max-pool for ResNets), stage widths,
+strides and dilations, the optional 1x1
 "tail" conv (320 -> 1280 in MobileNetV2), the activation, BN eps and the feature taps. A
 :class:`~fnatune.space.SearchSpace` is a skeleton plus candidate ops per layer; an :class:`Arch` is a
 skeleton plus one op per layer. A seed network's own layout is an ``Arch`` too (with no space).
@@ -77,6 +78,8 @@ class Skeleton:
     stem_channels: int = 32
     stem_stride: int = 2
     tail_channels: int | None = None
+    stem_kernel: int = 3
+    stem_pool: int = 1  # stride of a 3x3 max-pool after the stem conv (ResNet: 2); 1 = none
     act: str = "relu6"
     bn_eps: float = 1e-5
     taps: tuple[str, ...] = ()
@@ -84,6 +87,9 @@ class Skeleton:
 
     def __post_init__(self) -> None:
         check_activation(self.act)
+        if self.stem_kernel % 2 == 0 or self.stem_kernel < 1 or self.stem_pool < 1 or self.stem_stride < 1:
+            raise ArchError(f"stem: the kernel must be odd and the strides >= 1, got kernel {self.stem_kernel}, "
+                            f"stride {self.stem_stride}, pool {self.stem_pool}")
         if not self.stages:
             raise ArchError("a skeleton needs at least one stage")
         for tap in self.taps:
@@ -96,9 +102,14 @@ class Skeleton:
     def stage_in_channels(self, stage: int) -> int:
         return self.stem_channels if stage == 0 else self.stages[stage - 1].out_channels
 
+    @property
+    def stem_out_stride(self) -> int:
+        """Stride of the stem's output (its conv's and its pool's)."""
+        return self.stem_stride * self.stem_pool
+
     def stride_before(self, stage: int) -> int:
         """Cumulative stride of the input of ``stage``."""
-        s = self.stem_stride
+        s = self.stem_out_stride
         for shape in self.stages[:stage]:
             s *= shape.stride
         return s
@@ -116,7 +127,8 @@ class Skeleton:
     def to_dict(self) -> dict[str, Any]:
         return {
             "in_channels": self.in_channels,
-            "stem": {"channels": self.stem_channels, "stride": self.stem_stride},
+            "stem": {"channels": self.stem_channels, "stride": self.stem_stride, "kernel": self.stem_kernel,
+                     "pool": self.stem_pool},
             "tail_channels": self.tail_channels,
             "act": self.act,
             "bn_eps": self.bn_eps,
@@ -197,6 +209,16 @@ class Arch:
         ops = tuple(tuple([o for o in s if o != SKIP] + [o for o in s if o == SKIP]) for s in self.ops)
         return replace(self, ops=ops)
 
+    def taps_at_strides(self, strides: Sequence[int]) -> tuple[str, ...]:
+        """The output of the last stage at each output stride in ``strides`` (RetinaNet's C2..C5 are strides
+        4/8/16/32): what a detector taps when an arch does not say."""
+        sk = self.skeleton
+        last = {sk.stride_before(s + 1): str(s) for s in range(len(sk.stages))}
+        missing = [s for s in strides if s not in last]
+        if missing:
+            raise ArchError(f"the arch has no stage at output stride {missing}; its stages end at strides {sorted(last)}")
+        return tuple(last[s] for s in strides)
+
     def with_taps(self, taps: Sequence[str]) -> Arch:
         return replace(self, skeleton=replace(self.skeleton, taps=tuple(str(t) for t in taps)))
 
@@ -274,6 +296,8 @@ def _arch_from_dict(d: Mapping[str, Any], source: str) -> Arch:
                 stages=shapes,
                 stem_channels=int(stem.get("channels", 32)),
                 stem_stride=int(stem.get("stride", 2)),
+                stem_kernel=int(stem.get("kernel", 3)),
+                stem_pool=int(stem.get("pool", 1)),
                 tail_channels=None if d.get("tail_channels") is None else int(d["tail_channels"]),
                 act=str(d.get("act", "relu6")),
                 bn_eps=float(d.get("bn_eps", 1e-5)),

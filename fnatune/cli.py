@@ -65,9 +65,12 @@ def spaces(name: str | None) -> None:
     if name:
         click.echo(get_space(name).describe())
         return
-    for n in list_spaces():
+    names = list_spaces()
+    width = max(map(len, names))
+    for n in names:
         sp = get_space(n)
-        click.echo(f"{n:<14} {len(sp.searchable_layers()):>2} searchable layers, {sp.size():9.3g} archs  {sp.description}")
+        click.echo(f"{n:<{width}} {len(sp.searchable_layers()):>2} searchable layers, {sp.size():9.3g} archs  "
+                   f"{sp.description}")
 
 
 @main.command()
@@ -75,8 +78,10 @@ def seeds() -> None:
     """List the seed families that can be loaded."""
     from fnatune.seeds import describe_seed, list_seeds
 
-    for n in list_seeds():
-        click.echo(f"{n:<14} {describe_seed(n)}")
+    names = list_seeds()
+    width = max(map(len, names))
+    for n in names:
+        click.echo(f"{n:<{width}} {describe_seed(n)}")
 
 
 @main.command()
@@ -108,11 +113,13 @@ def tasks() -> None:
               help="Width rule: first k channels, or the k with the largest BN |gamma|.")
 @click.option("--kernel", type=click.Choice(["centre", "dilation"]), default="centre", show_default=True,
               help="Kernel rule for larger kernels: centre placement or a dilated lattice.")
+@click.option("--group", type=click.Choice(["block_diagonal", "leading"]), default="block_diagonal", show_default=True,
+              help="Group rule for convs of other groups (ResNet spaces): the block diagonal, or each group's first inputs.")
 @click.option("--noise/--no-noise", default=False, show_default=True,
               help="FNA++: new conv entries get 1e-5 x Kaiming-uniform noise instead of exact zeros.")
 @click.option("--sample-seed", default=0, show_default=True, help="Random seed for --arch uniform and the noise.")
 def remap(seed_name: str, weights: str | None, seed_options: tuple[str, ...], space_name: str | None, arch_spec: str,
-          out_dir: Path, width: str, kernel: str, noise: bool, sample_seed: int) -> None:
+          out_dir: Path, width: str, kernel: str, group: str, noise: bool, sample_seed: int) -> None:
     """Remap a seed's parameters into a super net or an architecture (always from the seed)."""
     from fnatune.arch import Arch
     from fnatune.io import atomic_torch_save
@@ -137,7 +144,7 @@ def remap(seed_name: str, weights: str | None, seed_options: tuple[str, ...], sp
         target = Arch.load(arch_spec)
         if space is not None:
             space.validate(target)
-    options = RemapOptions(width=width, kernel=kernel, noise=noise, seed=sample_seed)  # type: ignore[arg-type]
+    options = RemapOptions(width=width, kernel=kernel, group=group, noise=noise, seed=sample_seed)
     module, report = do_remap(seed, target, options)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(module.state_dict(), out_dir / "weights.pt")
@@ -151,9 +158,12 @@ def remap(seed_name: str, weights: str | None, seed_options: tuple[str, ...], sp
 
 
 @main.command()
-@click.option("--arch", "arch_path", required=True, type=click.Path(path_type=Path), help="Arch JSON file.")
+@click.option("--arch", "arch_spec", required=True,
+              help="An arch JSON file, or a seed name (its own layout, e.g. resnet50; see `fnatune seeds`).")
 @click.option("--task", default="backbone", show_default=True,
               help="Whole network to count: backbone, cls (the seed's classifier) or a task (seg, det, ...).")
+@click.option("--detector", type=click.Choice(["retinanet", "ssdlite"]), default=None,
+              help="With --task det: the detector around the backbone (default retinanet).")
 @click.option("--input", "input_size", required=True, help="Input size HxW, e.g. 800x1088.")
 @click.option("--num-classes", default=None, type=int, help="Classes of the task head (task default if omitted).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with params and madds.")
@@ -163,21 +173,29 @@ def remap(seed_name: str, weights: str | None, seed_options: tuple[str, ...], sp
 @click.option("--repeats", default=10, show_default=True, type=int, help="Timed runs for --latency.")
 @click.option("--lut", "lut_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A latency table (fnatune lut build) to predict the searchable part's latency from.")
-def cost(arch_path: Path, task: str, input_size: str, num_classes: int | None, as_json: bool, latency: bool,
-         device: str, repeats: int, lut_path: Path | None) -> None:
+def cost(arch_spec: str, task: str, detector: str | None, input_size: str, num_classes: int | None, as_json: bool,
+         latency: bool, device: str, repeats: int, lut_path: Path | None) -> None:
     """Parameters, multiply-adds (conv + linear, batch 1, as FNA counts) and latency of an architecture."""
     import torch
 
     from fnatune.arch import Arch
     from fnatune.cost import count_madds, count_params
     from fnatune.latency import LatencyTable, device_name, time_module
+    from fnatune.seeds import list_seeds, load_seed
     from fnatune.whole_network import whole_network
 
     size = _parse_input(input_size)
-    arch = Arch.load(arch_path)
-    model, forward_kwargs = whole_network(task, arch, num_classes)
+    if detector is not None and task != "det":
+        raise click.UsageError(f"--detector is for --task det, not --task {task}")
+    if arch_spec in list_seeds() and not Path(arch_spec).exists():
+        arch = load_seed(arch_spec).arch  # the layout only: random init is enough to count
+    else:
+        arch = Arch.load(arch_spec)
+    model, forward_kwargs = whole_network(task, arch, num_classes, {"type": detector} if detector else None)
     params, madds = count_params(model), count_madds(model, size, arch.skeleton.in_channels, **forward_kwargs)
-    out: dict[str, Any] = {"arch": str(arch_path), "task": task, "input": list(size), "params": params, "madds": madds}
+    out: dict[str, Any] = {"arch": arch_spec, "task": task, "input": list(size), "params": params, "madds": madds}
+    if task == "det":
+        out["detector"] = detector or "retinanet"
     if latency:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise click.UsageError(f"--device {device}: CUDA is not available on this machine")
@@ -190,7 +208,8 @@ def cost(arch_path: Path, task: str, input_size: str, num_classes: int | None, a
     if as_json:
         click.echo(json.dumps(out))
         return
-    click.echo(f"{arch_path} [{task}] at {size[0]}x{size[1]}: {params / 1e6:.3f}M params, {madds / 1e9:.3f}B MAdds")
+    what = f"{task}, {out['detector']}" if task == "det" else task
+    click.echo(f"{arch_spec} [{what}] at {size[0]}x{size[1]}: {params / 1e6:.3f}M params, {madds / 1e9:.3f}B MAdds")
     if "latency_ms" in out:
         click.echo(f"  measured latency: {out['latency_ms']:.2f} ms on {out['device']} (median of {repeats})")
     if "lut_ms" in out:

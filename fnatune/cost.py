@@ -216,7 +216,8 @@ def madds_table(target: SearchSpace | nn.Module, input_size: Sequence[int] | Non
     size = tuple(input_size or space.input_size)
     sk = space.skeleton
     hw = (same_out(int(size[0]), sk.stem_stride), same_out(int(size[1]), sk.stem_stride))
-    fixed = conv_madds(sk.in_channels, sk.stem_channels, 3, hw)
+    fixed = conv_madds(sk.in_channels, sk.stem_channels, sk.stem_kernel, hw)
+    hw = (same_out(hw[0], sk.stem_pool), same_out(hw[1], sk.stem_pool))  # the max-pool counts nothing
     searchable = set(space.searchable_layers())
     table: list[list[int]] = []
     for s, st in enumerate(space.stages):

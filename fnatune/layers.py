@@ -69,6 +69,19 @@ class ConvBNAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+class Stem(ConvBNAct):
+    """The stem: a KxK conv + BN + activation, then (ResNets) a 3x3 max-pool of stride ``pool``. The pool has no
+    tensors, so a stem's state dict is a ConvBNAct's."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, pool: int = 1, act: str | None = "relu6",
+                 bn: BNOptions = BNOptions()) -> None:
+        super().__init__(c_in, c_out, kernel, stride, act=act, bn=bn)
+        self.pool = nn.MaxPool2d(3, pool, 1) if pool > 1 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(super().forward(x))
+
+
 def same_out(size: int, stride: int) -> int:
     """Output length of a "same"-padded conv (padding ``dilation * (k - 1) / 2``) of ``stride``: ceil(size / stride)."""
     return -(-size // stride)

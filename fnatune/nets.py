@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from fnatune.arch import Arch, Skeleton, Tap
 from fnatune.blocks import SKIP, build_op
 from fnatune.errors import ArchError
-from fnatune.layers import BNOptions, ConvBNAct
+from fnatune.layers import BNOptions, ConvBNAct, Stem
 from fnatune.space import SearchSpace
 
 
@@ -41,7 +41,7 @@ def _feature_info(skeleton: Skeleton, channels: Callable[[str], int]) -> list[Fe
     for tap in skeleton.taps:
         t = Tap.parse(tap)
         if t.where == "stem":
-            stride = skeleton.stem_stride
+            stride = skeleton.stem_out_stride
         elif t.where == "tail":
             stride = skeleton.stride_before(len(skeleton.stages))
         elif t.is_expand:  # the 1x1 expansion runs before the layer's (possibly strided) depthwise conv
@@ -56,14 +56,14 @@ class _Backbone(nn.Module):
     """Shared skeleton walk: stem -> stages -> tail, collecting taps."""
 
     skeleton: Skeleton
-    stem: ConvBNAct
+    stem: Stem
     stages: nn.ModuleList
     tail: ConvBNAct | None
 
     def _build_frame(self, skeleton: Skeleton, bn: BNOptions) -> None:
         self.skeleton = skeleton
-        self.stem = ConvBNAct(skeleton.in_channels, skeleton.stem_channels, 3, skeleton.stem_stride,
-                              act=skeleton.act, bn=bn)
+        self.stem = Stem(skeleton.in_channels, skeleton.stem_channels, skeleton.stem_kernel, skeleton.stem_stride,
+                         skeleton.stem_pool, act=skeleton.act, bn=bn)
         self.tail = (ConvBNAct(skeleton.stages[-1].out_channels, skeleton.tail_channels, 1, act=skeleton.act, bn=bn)
                      if skeleton.tail_channels is not None else None)
         self._taps = [Tap.parse(t) for t in skeleton.taps]

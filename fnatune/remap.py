@@ -33,15 +33,15 @@ from pydantic import ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from fnatune.arch import Arch
-from fnatune.blocks import SKIP, Block, Skip, family_of
-from fnatune.config.sections import KernelRule, RemapCfg
+from fnatune.blocks import SKIP, Block, Skip, family_of, parse_op
+from fnatune.config.sections import GroupRule, KernelRule, RemapCfg
 from fnatune.errors import RemapError
 from fnatune.io import atomic_write_json
 from fnatune.layers import ConvBNAct, kaiming_uniform_like
 from fnatune.seeds import Seed
 from fnatune.space import SearchSpace
 
-ACTIONS = ("copied", "cropped", "centre_padded", "lattice_padded", "expanded", "noise", "left_at_init")
+ACTIONS = ("copied", "cropped", "centre_padded", "lattice_padded", "expanded", "regrouped", "noise", "left_at_init")
 
 
 class RemapOptions(RemapCfg):
@@ -122,33 +122,20 @@ def kernel_positions(k_src: int, k_dst: int, rule: KernelRule = "centre") -> tup
 
 
 def remap_conv_weight(
-    src: Tensor, dst_shape: tuple[int, ...], out_idx: Tensor, in_idx: Tensor, kernel: KernelRule = "centre"
-) -> tuple[Tensor, Tensor, str]:
+    src: Tensor, dst_shape: tuple[int, ...], out_idx: Tensor, in_idx: Tensor, kernel: KernelRule = "centre",
+    with_mask: bool = True,
+) -> tuple[Tensor, Tensor | None, str]:
     """Map a seed conv weight ``[O_s, I_s, k_s, k_s]`` into a new ``dst_shape`` weight.
 
     Output channel ``j < len(out_idx)`` of the result takes seed channel ``out_idx[j]`` (likewise for
     inputs); spatially the seed kernel is placed (``kernel_positions``) or centre-cropped. Everything else
-    is zero. Returns ``(weight, copied_mask, action)``.
+    is zero. Returns ``(weight, copied_mask, action)``; the mask (which entries are the seed's) only ``with_mask``.
     """
-    O, I, kh, kw = dst_shape
-    ks = src.shape[2]
-    if src.shape[2] != src.shape[3] or kh != kw:
-        raise RemapError(f"only square kernels are remapped, got {tuple(src.shape)} -> {tuple(dst_shape)}")
-    no, ni = len(out_idx), len(in_idx)
     sub = src.index_select(0, out_idx).index_select(1, in_idx)
-    new = torch.zeros(dst_shape, dtype=src.dtype)
-    mask = torch.zeros(dst_shape, dtype=torch.bool)
-    if kh >= ks:
-        pos, placement = kernel_positions(ks, kh, kernel)
-        p = torch.tensor(pos)
-        new[:no, :ni, p[:, None], p[None, :]] = sub
-        mask[:no, :ni, p[:, None], p[None, :]] = True
-    else:
-        off = (ks - kh) // 2
-        new[:no, :ni] = sub[:, :, off:off + kh, off:off + kw]
-        mask[:no, :ni] = True
-        placement = "cropped"
-    if no < O or ni < I:
+    ones = torch.ones(sub.shape[:2], dtype=torch.bool) if with_mask else None
+    new, mask, placement = _place(sub, ones, src.shape[2], dst_shape, kernel)
+    no, ni = len(out_idx), len(in_idx)
+    if no < dst_shape[0] or ni < dst_shape[1]:
         action = "expanded"
     elif placement != "copied":
         action = placement
@@ -157,6 +144,78 @@ def remap_conv_weight(
     else:
         action = "copied"
     return new, mask, action
+
+
+def remap_grouped_weight(
+    src: Tensor, src_groups: int, dst_shape: tuple[int, ...], dst_groups: int, out_idx: Tensor, in_idx: Tensor,
+    kernel: KernelRule = "centre", rule: GroupRule = "block_diagonal", with_mask: bool = True,
+) -> tuple[Tensor, Tensor | None, str]:
+    """Map a seed conv of ``src_groups`` groups into one of ``dst_groups`` groups (FNA_SPEC §4.6).
+
+    Target output ``t`` is seed output ``out_idx[t]``; target input ``a`` is seed input ``in_idx[a]`` (absolute
+    channel indices). ``block_diagonal``: entry ``(t, i)`` of the target (``i`` local to ``t``'s group, so input
+    ``a = group(t) * I_t + i``) is the seed's weight on input ``in_idx[a]`` if that input lies in the seed group
+    of ``out_idx[t]``, else zero: the seed's block-diagonal dense weight read through the target's blocks, which
+    computes the seed's function whenever the target's groups contain the seed's. ``leading``: input ``a = i``,
+    the first inputs, for every group (a dense seed's leading slice). Returns ``(weight, mask, action)``.
+    """
+    O, I_per = dst_shape[0], dst_shape[1]
+    O_s, I_s_per = src.shape[0], src.shape[1]
+    if O % dst_groups or O_s % src_groups:
+        raise RemapError(f"groups {src_groups} -> {dst_groups} do not divide the outputs {O_s} -> {O}")
+    no = len(out_idx)
+    t = torch.arange(no)[:, None]
+    i = torch.arange(I_per)[None, :]
+    a = (t // (O // dst_groups)) * I_per + i if rule == "block_diagonal" else i.expand(no, I_per)
+    valid = a < len(in_idx)
+    s_in = in_idx[a.clamp(max=max(len(in_idx) - 1, 0))]
+    s_out = out_idx[t].expand_as(s_in)
+    g_in = s_in // I_s_per
+    ok = valid & (s_out // (O_s // src_groups) == g_in)
+    local = (s_in - g_in * I_s_per).clamp(0, I_s_per - 1)
+    sub = src[s_out, local] * ok[:, :, None, None].to(src.dtype)
+    new, mask, placement = _place(sub, ok if with_mask else None, src.shape[2], dst_shape, kernel)
+    if src_groups != dst_groups:
+        action = "regrouped"
+    elif no < O or bool((~ok).any()):
+        action = "expanded"
+    elif placement != "copied":
+        action = placement
+    elif no < O_s or not _is_prefix(out_idx) or not _is_prefix(in_idx):
+        action = "cropped"
+    else:
+        action = "copied"
+    return new, mask, action
+
+
+def _place(sub: Tensor, submask: Tensor | None, k_src: int, dst_shape: tuple[int, ...], kernel: KernelRule
+           ) -> tuple[Tensor, Tensor | None, str]:
+    """``sub`` (``[o, i, k_src, k_src]``) into the leading ``[o, i]`` corner of a zero ``dst_shape`` weight, its
+    kernel placed by the kernel rule (or centre-cropped); ``submask`` says which ``(o, i)`` entries are the seed's
+    (None: no mask is wanted, which saves a weight-sized tensor per conv)."""
+    _, _, kh, kw = dst_shape
+    if sub.shape[2] != sub.shape[3] or kh != kw:
+        raise RemapError(f"only square kernels are remapped, got {k_src}x{sub.shape[3]} -> {kh}x{kw}")
+    no, ni = sub.shape[0], sub.shape[1]
+    new = torch.zeros(dst_shape, dtype=sub.dtype)
+    mask = torch.zeros(dst_shape, dtype=torch.bool) if submask is not None else None
+    if kh >= k_src:
+        pos, placement = kernel_positions(k_src, kh, kernel)
+        if pos == list(range(pos[0], pos[0] + k_src)):  # contiguous (copied, centre): a slice, not a gather
+            where: Any = (slice(0, no), slice(0, ni), slice(pos[0], pos[0] + k_src), slice(pos[0], pos[0] + k_src))
+        else:
+            p = torch.tensor(pos)
+            where = (slice(0, no), slice(0, ni), p[:, None], p[None, :])
+        new[where] = sub
+        if mask is not None:
+            mask[where] = submask[:, :, None, None]  # type: ignore[index]
+    else:
+        off = (k_src - kh) // 2
+        new[:no, :ni] = sub[:, :, off:off + kh, off:off + kw]
+        if mask is not None:
+            mask[:no, :ni] = submask[:, :, None, None]  # type: ignore[index]
+        placement = "cropped"
+    return new, mask, placement
 
 
 def remap_vector(src: Tensor, dst: Tensor, index: Tensor) -> tuple[Tensor, str]:
@@ -228,16 +287,22 @@ class TensorWriter:
 
     @torch.no_grad()
     def conv(self, src: nn.Conv2d, dst: nn.Conv2d, out_idx: Tensor, in_idx: Tensor) -> None:
-        if dst.groups != 1 and dst.groups != dst.in_channels:
-            raise RemapError(f"grouped conv {self._names[id(dst.weight)]} (groups={dst.groups}) has no remap rule")
-        if dst.groups == dst.in_channels and dst.groups > 1:  # depthwise: one input slice per filter
-            in_idx = torch.arange(1)
-        new, mask, action = remap_conv_weight(src.weight, tuple(dst.weight.shape), out_idx, in_idx,
-                                              self.options.kernel)
+        """``out_idx`` / ``in_idx``: the seed's output / input channels (absolute) for the target's first ones."""
+        shape = tuple(dst.weight.shape)
         opt = self.options
-        if opt.noise and opt.noise_scale > 0:
+        noisy = opt.noise and opt.noise_scale > 0
+        want = noisy and opt.noise_region == "new"  # only then does the mask of the seed's entries matter
+        depthwise = dst.groups == dst.in_channels and dst.groups > 1 and src.groups == src.in_channels
+        if depthwise:  # one input slice per filter, both sides
+            new, mask, action = remap_conv_weight(src.weight, shape, out_idx, torch.arange(1), opt.kernel, want)
+        elif src.groups == 1 and dst.groups == 1:
+            new, mask, action = remap_conv_weight(src.weight, shape, out_idx, in_idx, opt.kernel, want)
+        else:
+            new, mask, action = remap_grouped_weight(src.weight, src.groups, shape, dst.groups, out_idx, in_idx,
+                                                     opt.kernel, opt.group, want)
+        if noisy:
             noise = opt.noise_scale * kaiming_uniform_like(new, self.generator)
-            if opt.noise_region == "new":
+            if mask is not None:
                 noise = noise * (~mask)
             if bool((noise != 0).any()):
                 new = new + noise
@@ -291,20 +356,36 @@ def fit_problem(seed: Seed, target: Arch | SearchSpace) -> str | None:
     the same stage count, and each stage's blocks must be of the seed stage's block family."""
     name = f"space '{target.name}'" if isinstance(target, SearchSpace) else "the target"
     seed_ops = seed.arch.ops
+    if isinstance(target, SearchSpace):
+        all_theirs = _families([o for s, st in enumerate(target.stages) for l in range(st.layers)
+                                for o in target.candidates(s, l)])
+    else:
+        all_theirs = _families([o for ops in target.ops for o in ops])
+    all_mine = _families([o for ops in seed_ops for o in ops])
+    if all_theirs and not all_theirs & all_mine:
+        return (f"seed '{seed.name}' ({', '.join(sorted(all_mine))} blocks) does not fit {name} "
+                f"({', '.join(sorted(all_theirs))} blocks); choose a seed of that family or a space made of the "
+                "seed's blocks")
     n_target = len(target.stages) if isinstance(target, SearchSpace) else len(target.ops)
     if len(seed_ops) != n_target:
         return (f"seed '{seed.name}' has {len(seed_ops)} stages after the stem but {name} has {n_target}; "
                 "remapping works stage by stage, so both need the same stage count")
     for s, ops in enumerate(seed_ops):
         if isinstance(target, SearchSpace):
-            theirs = _families([o for l in range(target.stages[s].layers) for o in target.candidates(s, l)])
+            theirs_ops = [o for l in range(target.stages[s].layers) for o in target.candidates(s, l)]
         else:
-            theirs = _families(list(target.ops[s]))
-        mine = _families(list(ops))
+            theirs_ops = list(target.ops[s])
+        theirs, mine = _families(theirs_ops), _families(list(ops))
         if theirs and not theirs <= mine:
             return (f"seed '{seed.name}' does not fit {name}: stage {s} of the seed has {', '.join(sorted(mine))} "
                     f"blocks, {name} has {', '.join(sorted(theirs))} blocks there; choose a seed of that "
                     "family or a space made of the seed's blocks")
+        first = next(o for o in ops if o != SKIP)
+        fam = family_of(first)
+        for op in dict.fromkeys(o for o in theirs_ops if o != SKIP):
+            why = fam.fits(parse_op(first), parse_op(op)) if fam is not None else None  # type: ignore[arg-type]
+            if why:
+                return f"seed '{seed.name}' does not fit {name}: stage {s}: {why}"
     return None
 
 
@@ -409,6 +490,7 @@ __all__ = [
     "kernel_positions",
     "remap",
     "remap_conv_weight",
+    "remap_grouped_weight",
     "remap_into",
     "remap_layer",
     "remap_vector",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fnatune.arch import Arch, Skeleton, StageShape, Tap
-from fnatune.blocks import SKIP, inner_width, parse_op
+from fnatune.blocks import SKIP, inner_width, op_problem, parse_op
 from fnatune.errors import ArchError
 from fnatune.space_registry import get_space, list_spaces, register_space
 
@@ -92,6 +92,8 @@ class SearchSpace:
     stem_channels: int = 32
     stem_stride: int = 2
     tail_channels: int | None = None
+    stem_kernel: int = 3
+    stem_pool: int = 1
     act: str = "relu6"
     bn_eps: float = 1e-5
     taps: tuple[str, ...] = ()
@@ -103,6 +105,14 @@ class SearchSpace:
         object.__setattr__(self, "stages", tuple(self.stages))
         object.__setattr__(self, "taps", tuple(str(t) for t in self.taps))
         skel = self.skeleton  # validates taps, activation, stage count
+        for s, st in enumerate(self.stages):
+            for l in range(st.layers):
+                c_in, c_out, _ = skel.layer_io(s, l)
+                for op in st.candidates(l):
+                    problem = op_problem(op, c_in, c_out) if op != SKIP else None
+                    if problem:
+                        raise ArchError(f"space '{self.name}': stage {s} layer {l} ({c_in} -> {c_out} channels), "
+                                        f"op '{op}': {problem}")
         for tap in self.taps:
             t = Tap.parse(tap)
             if t.is_expand:
@@ -126,6 +136,8 @@ class SearchSpace:
             stages=tuple(StageShape(s.out_channels, s.stride, s.dilation) for s in self.stages),
             stem_channels=self.stem_channels,
             stem_stride=self.stem_stride,
+            stem_kernel=self.stem_kernel,
+            stem_pool=self.stem_pool,
             tail_channels=self.tail_channels,
             act=self.act,
             bn_eps=self.bn_eps,
@@ -176,7 +188,8 @@ class SearchSpace:
                     why = " (the first layer of a stage cannot be skipped)" if op == SKIP and l == 0 else ""
                     raise ArchError(f"{where}: stage {s} layer {l} is '{op}'{why}; allowed: {', '.join(cands)}")
         mine, theirs = self.skeleton, arch.skeleton
-        for field_name in ("stages", "stem_channels", "stem_stride", "tail_channels", "in_channels"):
+        for field_name in ("stages", "stem_channels", "stem_stride", "stem_kernel", "stem_pool", "tail_channels",
+                           "in_channels"):
             if getattr(mine, field_name) != getattr(theirs, field_name):
                 raise ArchError(f"{where}: its skeleton's {field_name} is {getattr(theirs, field_name)}, "
                                 f"the space's is {getattr(mine, field_name)}")
@@ -228,7 +241,8 @@ class SearchSpace:
     def describe(self) -> str:
         """A human table of the space."""
         lines = [f"{self.name}: {self.description}".rstrip(": "),
-                 f"  stem {self.stem_channels} ch, stride {self.stem_stride}; act {self.act}; "
+                 f"  stem {self.stem_channels} ch, {self.stem_kernel}x{self.stem_kernel} stride {self.stem_stride}"
+                 + (f" + max-pool stride {self.stem_pool}" if self.stem_pool > 1 else "") + f"; act {self.act}; "
                  f"tail {self.tail_channels or 'none'}; taps {', '.join(self.taps) or 'none'}; "
                  f"cost resolution {self.input_size[0]}x{self.input_size[1]}"]
         c_in = self.stem_channels

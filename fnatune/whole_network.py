@@ -3,6 +3,7 @@ any registered task (built by its backend from the task's default config)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
@@ -16,7 +17,8 @@ def whole_network(task: str, arch: Arch, num_classes: int | None = None,
                   section: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The whole network of ``task`` around ``arch`` and the forward keyword arguments to count it with:
     ``backbone`` (the arch alone), ``cls`` (the seed's classifier, 1000 classes by default) or any registered
-    task, built by its backend from the task's defaults (``section``: its config section, e.g. a detector)."""
+    task, built by its backend from the task's defaults (``section``: its config section, e.g. a detector), on
+    the taps that task reads (:meth:`~fnatune.tasks.TaskBackend.taps_for`)."""
     if task == "backbone":
         from fnatune.nets import ChildNet
 
@@ -39,4 +41,8 @@ def whole_network(task: str, arch: Arch, num_classes: int | None = None,
     if t.section:
         raw[t.section] = dict(section or {})
     backend = t.backend_for(validate(raw, f"--task {task}"))
-    return backend.whole_model(arch), dict(backend.madds_kwargs)
+    taps = backend.taps_for(arch)
+    sk = arch.skeleton
+    # a tail no tap reads is not part of the task's network (MobileNetV2's 1280 conv under a RetinaNet)
+    skeleton = replace(sk, taps=tuple(taps), tail_channels=sk.tail_channels if "tail" in taps else None)
+    return backend.whole_model(replace(arch, skeleton=skeleton)), dict(backend.madds_kwargs)

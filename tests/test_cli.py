@@ -73,8 +73,10 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert code == 2 and "expected HxW" in out
     code, out = run("remap", "--seed", "mobilenet_v2", "--arch", "uniform", "--out", str(tmp_path / "o"))
     assert code == 2 and "--arch uniform needs --space" in out
-    code, out = run("remap", "--seed", "resnet50", "--space", "mbv2_det", "--out", str(tmp_path / "o"))
-    assert code == 2 and "unknown seed 'resnet50'" in out
+    code, out = run("remap", "--seed", "resnet9000", "--space", "mbv2_det", "--out", str(tmp_path / "o"))
+    assert code == 2 and "unknown seed 'resnet9000'" in out
+    code, out = run("remap", "--seed", "resnet18", "--space", "mbv2_det", "--out", str(tmp_path / "o"))
+    assert code == 2 and "Error: seed 'resnet18' (resnet blocks) does not fit space 'mbv2_det' (mbconv blocks)" in out
     code, out = run("remap", "--seed", "mobilenet_v2", "--seed-option", "width_mult", "--out", str(tmp_path / "o"))
     assert code == 2 and "expected KEY=VALUE" in out
     code, out = run("cost", "--arch", str(ARCHS_DIR / "fna_seg.json"), "--input", "64", "--task", "pose")

@@ -28,7 +28,7 @@ MICRO = {
     "name": "micro",
     "pretrain": {"iters": 20, "per_class_train": 8, "per_class_val": 2},
     "data": {"root": "data/micro_cityscapes", "generate": {"num_train": 8, "num_val": 2, "size": [64, 128]}},
-    "search": {"epochs": 6, "warmup_epochs": 2, "steps_per_epoch": 4, "augment": {"crop": [64, 64]},
+    "search": {"epochs": 4, "warmup_epochs": 2, "steps_per_epoch": 4, "augment": {"crop": [64, 64]},
                "checkpoint_every": 2},
     "finetune": {"iters": 6, "log_every": 3, "checkpoint_every": 3, "augment": {"crop": [64, 64]}},
     "export": {"input": [64, 128], "onnx": False},
@@ -145,7 +145,7 @@ def test_a_killed_trial_is_retried_from_tunes_checkpoint(in_workdir: Path, basel
     client = _client(uri)
     search = next(r for r in client.search_runs([client.get_experiment_by_name("fnatune").experiment_id])
                   if r.info.run_name == "search")
-    assert sorted({m.step for m in client.get_metric_history(search.info.run_id, "alpha_entropy")}) == list(range(6))
+    assert sorted({m.step for m in client.get_metric_history(search.info.run_id, "alpha_entropy")}) == list(range(4))
     assert search.data.tags["mlflow.parentRunId"] == state["parent_run"]
     parent = client.get_run(state["parent_run"])
     assert parent.data.tags["fnatune.node_ip"] == "127.0.0.1" and "mIoU" in parent.data.metrics

@@ -102,6 +102,15 @@ class BlockFamily(ABC):
         """Channels of the block's inner activation (an ``S.L.expand`` tap reads it); None when it has none."""
         return None
 
+    def check(self, spec: OpSpec, c_in: int, c_out: int) -> str | None:
+        """Why ``spec`` cannot be built between ``c_in`` and ``c_out`` channels (e.g. groups that do not divide
+        them), or None."""
+        return None
+
+    def fits(self, seed: OpSpec, target: OpSpec) -> str | None:
+        """Why a seed block of ``seed`` cannot be remapped into a ``target`` block of this family, or None."""
+        return None
+
     @abstractmethod
     def remap(self, writer: TensorWriter, src: Block, dst: Block) -> None:
         """Write the seed block ``src``'s tensors into ``dst`` (both of this family) with ``writer``'s rules."""
@@ -177,7 +186,19 @@ def build_op(name: str, c_in: int, c_out: int, stride: int = 1, dilation: int = 
         if c_in != c_out or stride != 1:
             raise ArchError(f"'skip' needs equal input/output shapes, got {c_in}->{c_out} channels, stride {stride}")
         return Skip()
-    return get_family(spec.family).build(spec, c_in, c_out, stride, dilation, act, bn)
+    fam = get_family(spec.family)
+    problem = fam.check(spec, c_in, c_out)
+    if problem:
+        raise ArchError(f"op '{name}' between {c_in} and {c_out} channels: {problem}")
+    return fam.build(spec, c_in, c_out, stride, dilation, act, bn)
+
+
+def op_problem(name: str, c_in: int, c_out: int) -> str | None:
+    """Why op ``name`` cannot be built between ``c_in`` and ``c_out`` channels, or None (skip: shapes only)."""
+    spec = parse_op(name)
+    if spec is None:
+        return None if c_in == c_out else f"'skip' needs equal input/output channels, got {c_in}->{c_out}"
+    return get_family(spec.family).check(spec, c_in, c_out)
 
 
 def inner_width(name: str, c_in: int) -> int | None:
@@ -193,4 +214,4 @@ def op_madds(name: str, c_in: int, c_out: int, stride: int, dilation: int, in_hw
 
 
 __all__ = ["SKIP", "Block", "BlockFamily", "Glyph", "OpSpec", "Skip", "build_op", "family_of", "get_family",
-           "inner_width", "list_families", "op_madds", "parse_op", "register_family"]
+           "inner_width", "list_families", "op_madds", "op_problem", "parse_op", "register_family"]

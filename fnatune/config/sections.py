@@ -22,6 +22,7 @@ Size = tuple[int, int]
 WidthRule = Literal["index", "bn_gamma"]
 KernelRule = Literal["centre", "dilation"]
 NoiseRegion = Literal["new", "all"]
+GroupRule = Literal["block_diagonal", "leading"]
 Policy = Literal["constant", "step", "poly", "cosine"]
 
 
@@ -137,10 +138,16 @@ class RemapCfg(Section):
     ``noise`` is FNA++'s "zero with slight noise" for entries that have no seed counterpart: ``noise_scale``
     x a Kaiming-uniform sample, added to the new entries only (``noise_region="new"``) or, as the
     maintainer's snippet does, to the whole tensor (``"all"``). Conv weights only.
+
+    ``group`` maps a conv into one with other groups (FNA++'s group remapping, FNA_SPEC §4.6): output channel
+    o of the target keeps the seed's weights on the inputs both its target group and its seed group see
+    (``block_diagonal``, the default; exact from a grouped seed into fewer groups), or, from a dense seed,
+    on the first inputs of its group's width (``leading``, option a of §4.6).
     """
 
     width: WidthRule = "index"
     kernel: KernelRule = "centre"
+    group: GroupRule = "block_diagonal"
     noise: bool = False
     noise_scale: float = Field(1e-5, ge=0)
     noise_region: NoiseRegion = "new"

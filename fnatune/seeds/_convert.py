@@ -120,6 +120,7 @@ def build_layout(
         stages=tuple(shapes),
         stem_channels=stem_conv.out_channels,
         stem_stride=stem_conv.stride[0],
+        stem_kernel=stem_conv.kernel_size[0],
         tail_channels=tail_channels,
         act=act,
         bn_eps=bn_eps.pop(),

@@ -85,6 +85,11 @@ class TaskBackend(ABC):
     def export_size(self) -> tuple[int, int]:
         """(H, W) to export the backbone at when ``export.input`` is not given."""
 
+    def taps_for(self, arch: Arch) -> tuple[str, ...]:
+        """The taps this task's model reads from ``arch`` when the arch is not of the task's space (a seed's own
+        layout, for ``fnatune cost``): the arch's own taps unless the task says otherwise."""
+        return tuple(arch.skeleton.taps)
+
     #: keyword arguments of the whole model's forward when it is counted (mmdet models: ``mode="tensor"``)
     madds_kwargs: Mapping[str, Any] = {}
 

@@ -111,6 +111,21 @@ class DetBackend(TaskBackend):
     def model(self, backbone: dict[str, Any], arch: Arch, phase: str) -> nn.Module:
         return _mm().build_model(self._config(backbone, arch))
 
+    def taps_for(self, arch: Arch) -> tuple[str, ...]:
+        """RetinaNet: C2..C5, the last stage at each of the strides 4, 8, 16, 32. SSDLite: the inner activation of
+        the first layer of the stage that reaches stride 32 (FNA's 576-channel tap in MobileNetV2), and the tail."""
+        from fnatune.blocks import inner_width
+
+        if self.detector.type == "retinanet":
+            return arch.taps_at_strides((4, 8, 16, 32))
+        sk = arch.skeleton
+        stage = next((s for s in range(len(sk.stages)) if sk.stride_before(s + 1) == 32 and sk.stride_before(s) == 16),
+                     None)
+        if stage is None or sk.tail_channels is None or inner_width(arch.ops[stage][0], sk.layer_io(stage, 0)[0]) is None:
+            raise FnatuneError("detector.type ssdlite needs an arch with a 1x1 tail and an inner activation in the first "
+                               "layer of its stride-32 stage (MobileNetV2-like); this arch has neither")
+        return (f"{stage}.0.expand", "tail")
+
     def collate(self, batch: list[Any]) -> Any:
         return _mm().collate(batch)
 

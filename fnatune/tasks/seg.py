@@ -91,6 +91,10 @@ class SegBackend(TaskBackend):
 
         return SegNet(ChildNet(arch), num_classes=self.cfg.data.num_classes)
 
+    def taps_for(self, arch: Arch) -> tuple[str, ...]:
+        """DeepLabv3 reads the last stage's output (not a 1x1 tail: FNA's head sits on the 320 channels)."""
+        return (str(len(arch.skeleton.stages) - 1),)
+
     def export_size(self) -> tuple[int, int]:
         return tuple(self.cfg.finetune.augment.crop)  # type: ignore[return-value]
 
