@@ -29,6 +29,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/fnatune run pipelines/tiny/seg.yaml --run-dir runs/demo/tiny-seg
 	$(BIN)/fnatune run pipelines/tiny/det.yaml --run-dir runs/demo/tiny-det
+	$(BIN)/fnatune run pipelines/tiny/pose.yaml --run-dir runs/demo/tiny-pose
 	$(BIN)/fnatune spaces mbv2_det
 	$(BIN)/fnatune remap --seed mobilenet_v2 --space mbv2_det --arch supernet --out runs/demo/supernet
 	$(BIN)/fnatune remap --seed mobilenet_v2 --arch search_spaces/archs/fna_retinanet.json --out runs/demo/fna_retinanet

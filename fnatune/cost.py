@@ -2,8 +2,10 @@
 
 MAdds are counted the way FNA's ``multadds_count.py`` counts them (FNA_SPEC §5.3, §9.3): only Conv2d
 and Linear, ``k*k*C_in/groups*C_out*H_out*W_out`` (+ one per output element for a bias), per image at
-batch 1; BN, activations and additions are free. Counting runs the model on the ``meta`` device, so a
-1024x2048 input costs no compute and no memory, and the counts are exact.
+batch 1; BN, activations and additions are free. FNA++'s pose head adds transposed convolutions, which FNA's
+counter never met; they count as every input pixel spread over its ``k*k*C_out/groups`` outputs,
+``k*k*C_in*C_out/groups*H_in*W_in`` (+ bias), the convention of mmcv's counter that mmpose's tables use.
+Counting runs the model on the ``meta`` device, so a 1024x2048 input costs no compute and no memory, and the counts are exact.
 
 The table holds, for each searchable layer of a space, the MAdds of every candidate at the task
 resolution (skip = 0). It is built from the space's geometry with each block family's cost hook
@@ -39,8 +41,12 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if id(p) not in arch)
 
 
-def _layer_madds(module: nn.Module, out: Tensor) -> int:
+def _layer_madds(module: nn.Module, inp: Tensor, out: Tensor) -> int:
     batch = out.shape[0]
+    if isinstance(module, nn.ConvTranspose2d):
+        per_in = module.out_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        n = out.numel() // batch
+        return inp.numel() // batch * per_in + (n if module.bias is not None else 0)
     if isinstance(module, nn.Conv2d):
         per_out = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
         n = out.numel() // batch
@@ -52,7 +58,7 @@ def _layer_madds(module: nn.Module, out: Tensor) -> int:
 
 
 class MAddsCounter:
-    """Context manager that sums MAdds per Conv2d/Linear module during forwards."""
+    """Context manager that sums MAdds per Conv2d/ConvTranspose2d/Linear module during forwards."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -61,12 +67,12 @@ class MAddsCounter:
 
     def __enter__(self) -> MAddsCounter:
         for m in self.model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
                 self._handles.append(m.register_forward_hook(self._hook))
         return self
 
     def _hook(self, module: nn.Module, inputs: Any, output: Tensor) -> None:
-        self.per_module[module] = self.per_module.get(module, 0) + _layer_madds(module, output)
+        self.per_module[module] = self.per_module.get(module, 0) + _layer_madds(module, inputs[0], output)
 
     def __exit__(self, *exc: object) -> None:
         for h in self._handles:

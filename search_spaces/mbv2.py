@@ -10,6 +10,8 @@ first ``k3_e1`` layer (32 -> 16) are fixed.
   restricted to e6 ops so SSDLite's head can tap its 576-channel expansion (§3.3); MAdds at 320x320.
 - ``mbv2_seg``: DeepLabv3's space, ``num_layers=[4,4,6,6,4,1]`` with output stride 16 through dilation
   (§3.4), tap on the 320-channel output, MAdds at 1024x2048.
+- ``mbv2_pose``: FNA++'s pose space (§6.4): mbv2_det's layers plus the 1280 tail, which SimpleBaseline's
+  deconvolution head reads (stride 32); MAdds at a 256x192 person crop.
 """
 from __future__ import annotations
 
@@ -62,4 +64,17 @@ def mbv2_seg() -> SearchSpace:
         taps=("6",),
         input_size=(1024, 2048),
         description="FNA segmentation (DeepLabv3) space: [4,4,6,6,4,1] layers, output stride 16 by dilation",
+    )
+
+
+@register_space("mbv2_pose")
+def mbv2_pose() -> SearchSpace:
+    """FNA++ pose (SimpleBaseline) space: mbv2_det's [4,4,4,4,4,1] layers plus the 1280 tail, tapped at stride 32."""
+    return SearchSpace(
+        name="mbv2_pose",
+        stages=tuple(_stages((4, 4, 4, 4, 4, 1))),
+        tail_channels=1280,
+        taps=("tail",),
+        input_size=(256, 192),
+        description="FNA++ pose (SimpleBaseline) space: mbv2_det's layers plus the 1280 tail, tapped at stride 32",
     )

@@ -79,5 +79,5 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert code == 2 and "Error: seed 'resnet18' (resnet blocks) does not fit space 'mbv2_det' (mbconv blocks)" in out
     code, out = run("remap", "--seed", "mobilenet_v2", "--seed-option", "width_mult", "--out", str(tmp_path / "o"))
     assert code == 2 and "expected KEY=VALUE" in out
-    code, out = run("cost", "--arch", str(ARCHS_DIR / "fna_seg.json"), "--input", "64", "--task", "pose")
-    assert code == 2 and "unknown task 'pose'" in out
+    code, out = run("cost", "--arch", str(ARCHS_DIR / "fna_seg.json"), "--input", "64", "--task", "depth")
+    assert code == 2 and "unknown task 'depth'" in out

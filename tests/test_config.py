@@ -70,9 +70,9 @@ def test_det_task_needs_a_detector_and_fills_task_defaults(tmp_path: Path) -> No
         load_config(_write(tmp_path / "b.yaml", "name: d\ntask: det\n"))
     with pytest.raises(ConfigError, match="only for task det"):
         load_config(_write(tmp_path / "c.yaml", "name: d\ntask: seg\ndetector: {type: retinanet}\n"))
-    with pytest.raises(ConfigError, match=r"task: required, one of det, seg"):
+    with pytest.raises(ConfigError, match=r"task: required, one of det, pose, seg"):
         load_config(_write(tmp_path / "d.yaml", "name: d\n"))
-    with pytest.raises(ConfigError, match=r"task: unknown task 'sgmentation'.*Known tasks: det, seg"):
+    with pytest.raises(ConfigError, match=r"task: unknown task 'sgmentation'.*Known tasks: det, pose, seg"):
         load_config(_write(tmp_path / "e.yaml", "name: d\ntask: sgmentation\n"))
 
 

@@ -65,8 +65,9 @@ def _seed(name: str):  # type: ignore[no-untyped-def]
 
 
 # ------------------------------------------------------------------------------------------ spaces x seeds
-@pytest.mark.parametrize("seed_name", SEED_CASES)
+# the seed is the outer loop (pytest varies the upper decorator fastest), so `_seed` builds each seed once
 @pytest.mark.parametrize("space_name", list_spaces())
+@pytest.mark.parametrize("seed_name", SEED_CASES)
 def test_every_space_remaps_from_every_seed_that_fits(space_name: str, seed_name: str) -> None:
     """Into a sampled arch of the space and into the seed's own layout there (the super net's remap, the same
     rules in a loop over candidates, runs once per space below)."""

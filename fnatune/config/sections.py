@@ -115,7 +115,7 @@ class GenerateCfg(Section):
     num_val: int = Field(8, ge=1)
     size: Size = (128, 256)
     seed: int = 0
-    max_objects: int = Field(4, ge=1)  # det only: objects per image at most
+    max_objects: int = Field(4, ge=1)  # det: objects per image at most; pose: people per image at most
 
 
 class DataCfg(Section):

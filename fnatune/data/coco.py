@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from fnatune.data.split import split_indices
-from fnatune.data.synthetic import BUILDING, COLOURS, ROAD, SKY, check_marker, shape_mask, texture
+from fnatune.data.synthetic import check_marker, shape_mask, street_background, texture
 from fnatune.errors import FnatuneError
 from fnatune.io import atomic_write_json
 
@@ -30,12 +30,20 @@ CATEGORIES = ((1, "person", "disc", (220, 20, 60)), (3, "car", "square", (0, 0, 
 TINY_HINT = "pipelines/tiny/det.yaml"
 
 
-def ann_path(root: str | Path, split: str) -> Path:
-    return Path(root) / "annotations" / f"instances_{split}2017.json"
+def ann_path(root: str | Path, split: str, kind: str = "instances") -> Path:
+    """``annotations/<kind>_<split>2017.json``: ``instances`` (boxes) or ``person_keypoints``."""
+    return Path(root) / "annotations" / f"{kind}_{split}2017.json"
 
 
 def img_dir(root: str | Path, split: str) -> Path:
     return Path(root) / f"{split}2017"
+
+
+def check_image_files(root: str | Path, split: str, data: dict[str, Any], path: Path) -> None:
+    """Every image the annotation file ``path`` lists exists under ``<root>/<split>2017``."""
+    for im in data["images"]:
+        if not (img_dir(root, split) / im["file_name"]).is_file():
+            raise FnatuneError(f"image missing: {img_dir(root, split) / im['file_name']} (listed in {path})")
 
 
 def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -52,13 +60,7 @@ def draw_det_scene(rng: np.random.Generator, h: int, w: int, max_objects: int = 
     """A street-like scene with 1..max_objects objects that overlap little (box IoU <= 0.3).
 
     Returns (RGB uint8, [(category id, [x, y, w, h], area in pixels)])."""
-    label = np.empty((h, w), np.uint8)
-    horizon, ground = int(h * rng.uniform(0.3, 0.45)), int(h * rng.uniform(0.6, 0.75))
-    label[:horizon], label[horizon:ground], label[ground:] = SKY, BUILDING, ROAD
-    img = np.zeros((h, w, 3), np.float32)
-    for cls in (SKY, BUILDING, ROAD):
-        tex = texture(rng, h, w, COLOURS[cls], cls)
-        img[label == cls] = tex[label == cls]
+    img = street_background(rng, h, w)
     objects: list[tuple[int, list[float], int]] = []
     for _ in range(int(rng.integers(1, max_objects + 1)) * 4):  # tries; most scenes reach their count
         if len(objects) >= max_objects:
@@ -90,46 +92,64 @@ def generate_coco(root: str | Path, num_train: int = 32, num_val: int = 8, size:
               "max_objects": max_objects, "version": 1}
     if check_marker(root, params):
         return root
-    rng = np.random.default_rng(seed)
-    h, w = int(size[0]), int(size[1])
+
+    def draw(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        img, objects = draw_det_scene(rng, h, w, max_objects)
+        return img, [{"category_id": c, "bbox": box, "area": float(area), "iscrowd": 0} for c, box, area in objects]
+
+    categories = [{"id": c, "name": name, "supercategory": "object"} for c, name, _, _ in CATEGORIES]
+    return write_coco_set(root, params, draw, categories, "fnatune synthetic COCO-format detection set")
+
+
+def write_coco_set(root: Path, params: dict[str, Any], draw: Any, categories: list[dict[str, Any]],
+                   description: str, kind: str = "instances") -> Path:
+    """Write a generated set in COCO's layout: for each split (``num_train`` / ``num_val`` images of
+    ``size`` from ``params``), ``draw(rng, h, w)`` gives an image and its annotations (category, box, ...),
+    which get ids, their image's id and a box polygon; then the ``params`` marker. One RNG (``params["seed"]``)
+    runs through both splits, so a set is deterministic by seed."""
+    rng = np.random.default_rng(params["seed"])
+    h, w = int(params["size"][0]), int(params["size"][1])
     ann_id = 1
-    for split, n in (("train", num_train), ("val", num_val)):
+    for split, n in (("train", params["num_train"]), ("val", params["num_val"])):
         images, annotations = [], []
         out = img_dir(root, split)
         out.mkdir(parents=True, exist_ok=True)
         for i in range(n):
             img_id = (0 if split == "train" else 100_000) + i + 1
-            img, objects = draw_det_scene(rng, h, w, max_objects)
+            img, anns = draw(rng, h, w)
             name = f"{img_id:012d}.jpg"
             Image.fromarray(img).save(out / name, quality=95)
             images.append({"id": img_id, "file_name": name, "width": w, "height": h})
-            for cat_id, box, area in objects:
-                x, y, bw, bh = box
-                annotations.append({"id": ann_id, "image_id": img_id, "category_id": cat_id, "bbox": box,
-                                    "area": float(area), "iscrowd": 0,
+            for a in anns:
+                x, y, bw, bh = a["bbox"]
+                annotations.append({"id": ann_id, "image_id": img_id, **a,
                                     "segmentation": [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]})
                 ann_id += 1
-        atomic_write_json(ann_path(root, split), {
-            "info": {"description": "fnatune synthetic COCO-format detection set", "version": "1"},
-            "images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": name, "supercategory": "object"} for c, name, _, _ in CATEGORIES]})
+        atomic_write_json(ann_path(root, split, kind), {"info": {"description": description, "version": "1"},
+                                                        "images": images, "annotations": annotations,
+                                                        "categories": categories})
     atomic_write_json(root / "fnatune_synthetic.json", params)
     return root
 
 
-def _layout(root: Path, split: str) -> str:
-    return (f"expected the COCO layout:\n  {img_dir(root, split)}/<image files>\n  {ann_path(root, split)}\n"
-            f"No dataset at hand? Try `fnatune run {TINY_HINT}` (generated data).")
+def _layout(root: Path, split: str, kind: str, hint: str) -> str:
+    return (f"expected the COCO layout:\n  {img_dir(root, split)}/<image files>\n  {ann_path(root, split, kind)}\n"
+            f"No dataset at hand? Try `fnatune run {hint}` (generated data).")
 
 
-def read_annotations(root: str | Path, split: str) -> dict[str, Any]:
-    path = ann_path(root, split)
+def read_annotations(root: str | Path, split: str, kind: str = "instances", hint: str = TINY_HINT) -> dict[str, Any]:
+    """The annotation file of a COCO-layout split (``kind``: instances or person_keypoints), checked to be a JSON
+    object with COCO's lists; a missing dataset names the layout and ``hint``, a pipeline that generates one."""
+    path = ann_path(root, split, kind)
     if not path.is_file() or not img_dir(root, split).is_dir():
-        raise FnatuneError(f"dataset not found at {root}: {_layout(Path(root), split)}")
+        raise FnatuneError(f"dataset not found at {root}: {_layout(Path(root), split, kind, hint)}")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise FnatuneError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise FnatuneError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories', got a "
+                           f"JSON {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise FnatuneError(f"{path}: the COCO key '{key}' is missing or not a list")
@@ -161,9 +181,7 @@ def check_coco(root: str | Path, split: str, num_classes: int | None = None, che
             raise FnatuneError(f"{path}: annotation {a.get('id')} has bbox {a['bbox']} outside its "
                                f"{im['width']}x{im['height']} image {im['file_name']}")
     if check_files:
-        for im in data["images"]:
-            if not (img_dir(root, split) / im["file_name"]).is_file():
-                raise FnatuneError(f"image missing: {img_dir(root, split) / im['file_name']} (listed in {path})")
+        check_image_files(root, split, data, path)
     return {"images": len(images), "annotations": len(data["annotations"]), "classes": classes}
 
 

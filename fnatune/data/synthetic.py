@@ -49,6 +49,18 @@ def texture(rng: np.random.Generator, h: int, w: int, colour: Sequence[int], kin
     return np.clip(img, 0, 255)
 
 
+def street_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A street-like scene, float RGB: sky, buildings and road bands, each textured."""
+    label = np.empty((h, w), np.uint8)
+    horizon, ground = int(h * rng.uniform(0.3, 0.45)), int(h * rng.uniform(0.6, 0.75))
+    label[:horizon], label[horizon:ground], label[ground:] = SKY, BUILDING, ROAD
+    img = np.zeros((h, w, 3), np.float32)
+    for cls in (SKY, BUILDING, ROAD):
+        tex = texture(rng, h, w, COLOURS[cls], cls)
+        img[label == cls] = tex[label == cls]
+    return img
+
+
 def shape_mask(rng: np.random.Generator, h: int, w: int, shape: str, cy: float, cx: float, r: float) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     dy, dx = yy - cy, xx - cx
