@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 .PHONY: install demo test test-fast lint bench clean
 
 # mmcv 2.1 (needed by mmseg 1.2 / mmdet 3.3, with its compiled ops) has no wheel for torch 2.13: it is
-# compiled once (10-15 min on 2 cores; pip caches the wheel), after torch, without build isolation, and
+# compiled once (25-30 min on a fresh 2-core machine; pip caches the wheel), after torch, without build isolation, and
 # its setup.py still imports pkg_resources (hence setuptools 80.9).
 MMCV    := mmcv==2.1.0
 PINS    := mlflow==3.17.2 "ray[tune,train]==2.60.0"
@@ -26,7 +26,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# every demo starts fresh runs (a second `make demo` replaces the first one's run directories)
 demo: install
+	rm -rf runs/demo
 	$(BIN)/fnatune run pipelines/tiny/seg.yaml --run-dir runs/demo/tiny-seg
 	$(BIN)/fnatune run pipelines/tiny/det.yaml --run-dir runs/demo/tiny-det
 	$(BIN)/fnatune run pipelines/tiny/pose.yaml --run-dir runs/demo/tiny-pose

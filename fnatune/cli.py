@@ -279,6 +279,10 @@ def _finish(run_dir: Path, result: dict[str, Any]) -> None:
     if state.get("tracking_uri"):  # empty when tracking is off
         click.echo(f"  MLflow: run {state.get('parent_run')} in {state.get('tracking_uri')}")
         click.echo(f"  browse: fnatune ui --tracking-uri {state.get('tracking_uri')}")
+    failed = [r["name"] for r in result.get("rows", []) if str(r.get("status", "")).startswith("failed")]
+    if failed:  # the table is the result, but a script chaining on our exit code must not go on
+        raise FnatuneError(f"{len(failed)} of {len(result['rows'])} trials failed ({', '.join(failed)}); after "
+                           f"fixing the cause: fnatune resume {run_dir}")
 
 
 _ADDRESS = click.option("--address", default=None, metavar="HOST:PORT",
@@ -319,11 +323,12 @@ def run(pipeline: Path, overrides: tuple[str, ...], run_dir: Path | None, tracki
     cfg = load_config(pipeline, list(overrides))
     check_sweep_keys(cfg, str(pipeline))
     run_dir = run_dir or _default_run_dir(cfg.name)
-    if RunDir(run_dir).exists():
-        raise FnatuneError(f"{run_dir} already holds a run; continue it with `fnatune resume {run_dir}` "
-                           f"or choose another --run-dir")
-    click.echo(f"fnatune run {pipeline} -> {run_dir}")
-    _execute(cfg, run_dir, str(pipeline), tracking_uri, address, resume=False)
+    with RunDir(run_dir).owned():  # first: a run working here now is named, not mistaken for a finished one
+        if RunDir(run_dir).exists():
+            raise FnatuneError(f"{run_dir} already holds a run; continue it with `fnatune resume {run_dir}` "
+                               f"or choose another --run-dir")
+        click.echo(f"fnatune run {pipeline} -> {run_dir}")
+        _execute(cfg, run_dir, str(pipeline), tracking_uri, address, resume=False)
 
 
 @main.command()
@@ -335,8 +340,9 @@ def resume(run_dir: Path, tracking_uri: str | None, address: str | None) -> None
     the running ones continue from their last checkpoints."""
     run = RunDir(run_dir)
     cfg = run.read_config()
-    click.echo(f"fnatune resume {run_dir}")
-    _execute(cfg, run_dir, str(run.config_path), tracking_uri, address, resume=True)
+    with run.owned():
+        click.echo(f"fnatune resume {run_dir}")
+        _execute(cfg, run_dir, str(run.config_path), tracking_uri, address, resume=True)
 
 
 @main.command()

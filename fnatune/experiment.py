@@ -256,6 +256,29 @@ def _plan(cfg: PipelineCfg, spec: TrialSpec, run: RunDir, address: str | None) -
         max_concurrent=sw.max_concurrent if sw else None, num_samples=sw.num_samples if optuna and sw else 1)
 
 
+def preflight(cfg: PipelineCfg) -> None:
+    """What each trial's first stage would find wrong, found here first, before Ray starts or anything is
+    pretrained: the device, and the data (generated if the config asks, then checked the way the task reads it:
+    layout, annotations, every image file; :meth:`fnatune.tasks.TaskBackend.prepare`). For a local run only:
+    on a cluster the devices and the data paths are the worker nodes' (their data stage checks them)."""
+    import torch
+
+    from fnatune.pipeline import variant_config
+    from fnatune.tasks import get_task
+
+    configs = [cfg] + [variant_config(cfg, v.set, v.name) for v in cfg.variants]
+    seen = set()
+    for c in configs:
+        dev = torch.device(c.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise FnatuneError(f"device: '{c.device}' asked for, but CUDA is not available on this machine; use "
+                               f"--set device=cpu")
+        key = json.dumps([c.task, c.data.model_dump(mode="json")], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            get_task(c.task).backend_for(c).prepare()
+
+
 def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str | None = None,
                    address: str | None = None, source: str = "<config>", resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a pipeline as Tune trials; see the module docstring. Returns the summary that
@@ -265,6 +288,8 @@ def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str |
     check_sweep_keys(cfg, source)
     # Ray's own convention: RAY_ADDRESS (set inside a Ray job) names the cluster; without it, a local Ray
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        preflight(cfg)
     run = RunDir(Path(run_dir))
     run.write_config(cfg, source)
     run = RunDir(run.path.resolve())
@@ -301,6 +326,11 @@ def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str |
             raise FnatuneError(run.trial_error())
         if results and results[0].error:
             raise FnatuneError(f"the run failed after {cfg.tune.retries} retries: {results[0].error}")
+        from fnatune.stages import stages_for
+
+        missing = [name for name, _ in stages_for(cfg) if not run.is_done(name)]
+        if missing:  # Tune returned, but the trial did not finish (its process died, Tune was stopped)
+            raise FnatuneError(f"the run's trial ended before it finished (not done: {', '.join(missing)})")
         return {"shape": kind, "stages": run.stage_records()}
     from fnatune.summary import summarise
 

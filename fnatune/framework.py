@@ -189,6 +189,7 @@ def run_stages(ctx: RunContext, stages: list[Stage]) -> dict[str, Any]:
         record = {"outputs": result.get("outputs", {}), "metrics": result.get("metrics", {}), "hours": hours}
         handle.log_metrics({**{k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))},
                             "wall_clock_hours": record["hours"]})
+        ctx.tracker.log_metrics(ctx.parent_run, {f"time_{name}_s": round(hours * 3600, 2)})  # a column per stage
         ctx.run.mark_done(name, record)
         ctx.tracker.end_run(run_id)
         ctx.reporter.metrics(name, {**record["metrics"], "hours": record["hours"]})

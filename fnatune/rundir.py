@@ -8,6 +8,7 @@ killed run resumes from what is there::
     <run>/arch.json              the derived (or fixed) architecture
     <run>/stages/<stage>/        a stage's outputs; done.json once it finished (outputs, metrics, hours)
     <run>/trial_error.json       the user error a trial stopped with (bad config, data, install)
+    <run>/owner.lock             held (flock) by the one `fnatune run` / `resume` working here; names its process
     <run>/tune/                  Ray Tune's storage (its experiment and checkpoint copies)
     <run>/trials/<trial id>/     one sweep trial, itself a run directory
     <run>/variants/<name>/       one variant (ablation), itself a run directory
@@ -18,6 +19,12 @@ Paths inside ``done.json`` are relative to the run directory, so a run directory
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +65,38 @@ class RunDir:
     @property
     def tune_storage(self) -> Path:
         return self.path / "tune"
+
+    @contextmanager
+    def owned(self) -> Iterator[None]:
+        """Hold the run directory for the block: a second ``fnatune run``/``resume`` on it is refused at once,
+        naming the process that holds it. The lock is the kernel's (``flock``), so a holder that died, even by
+        SIGKILL, holds nothing and the next command takes the directory over."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / "owner.lock"
+        with open(lock, "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                try:
+                    who = json.loads(f.read() or "{}")
+                except ValueError:
+                    who = {}
+                raise FnatuneError(
+                    f"{self.path} is in use by process {who.get('pid', '?')} on {who.get('host', '?')} "
+                    f"({who.get('command', '?')}, since {who.get('since', '?')}); wait for it to end or stop it "
+                    f"(kill {who.get('pid', '<pid>')}), then run `fnatune resume {self.path}`") from None
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(
+                ["fnatune", *sys.argv[1:]]), "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def exists(self) -> bool:
         """Whether a run was started here (its state file exists)."""

@@ -39,12 +39,17 @@ def _f(v: Any, fmt: str = ".2f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _cell(v: Any) -> str:
+    """A markdown table cell: block strings separate their stages with '|', which would end the cell."""
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
 def variants_table(rows: list[dict[str, Any]], metric: str) -> str:
     head = f"| variant | overrides | {metric} | params (M) | MAdds (B) | hours | status |\n|---|---|---|---|---|---|---|\n"
     return head + "".join(
-        f"| {r['name']} | {', '.join(f'{k}={v}' for k, v in r['set'].items()) or '(defaults)'} | "
+        f"| {_cell(r['name'])} | {_cell(', '.join(f'{k}={v}' for k, v in r['set'].items()) or '(defaults)')} | "
         f"{_f(r['metrics'].get(metric))} | {_f(r['params_M'], '.3f')} | {_f(r['madds_B'])} | {r['hours']:.4f} | "
-        f"{r['status']} |\n" for r in rows)
+        f"{_cell(r['status'])} |\n" for r in rows)
 
 
 def sweep_table(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> str:
@@ -52,8 +57,9 @@ def sweep_table(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> str
     head = (f"| trial | {' | '.join(cols)} | {metric} | MAdds (B) | Pareto | status | arch |\n"
             f"|---|{'---|' * len(cols)}---|---|---|---|---|\n")
     return head + "".join(
-        f"| {r['name']} | {' | '.join(str(r['set'].get(k)) for k in keys)} | {_f(r['metrics'].get(metric))} | "
-        f"{_f(r['madds_B'])} | {'*' if r.get('pareto') else ''} | {r['status']} | {r['arch']} |\n" for r in rows)
+        f"| {_cell(r['name'])} | {' | '.join(_cell(r['set'].get(k)) for k in keys)} | {_f(r['metrics'].get(metric))} | "
+        f"{_f(r['madds_B'])} | {'*' if r.get('pareto') else ''} | {_cell(r['status'])} | {_cell(r['arch'])} |\n"
+        for r in rows)
 
 
 def pareto_plot(rows: list[dict[str, Any]], metric: str, out: Path, title: str) -> Path:

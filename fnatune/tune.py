@@ -382,6 +382,10 @@ def run_trials(plan: TrialPlan, resume: bool = False) -> list[TrialResult]:
     # Tune logs every failed attempt with a full traceback; our callback prints one line instead.
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # Ctrl-C: Tune's own handler would end fit() quietly, as if the trials had finished; without it the
+    # KeyboardInterrupt reaches the CLI, which exits 130 with the resume command (the stages' checkpoints
+    # and Tune's periodic experiment snapshots are what a resume continues from)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     grid = tuner.fit()
     if watch.state["timed_out"]:
         raise _resource_error(plan, cluster, plan.pending_timeout_s)

@@ -81,3 +81,29 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert code == 2 and "expected KEY=VALUE" in out
     code, out = run("cost", "--arch", str(ARCHS_DIR / "fna_seg.json"), "--input", "64", "--task", "depth")
     assert code == 2 and "unknown task 'depth'" in out
+
+
+def test_a_run_directory_has_one_owner(tmp_path: Path) -> None:
+    """A second ``run``/``resume`` on a directory another process is working in is refused at once, naming that
+    process; a lock file left by a process that died (the kernel has released its flock) is taken over."""
+    import os
+
+    from fnatune.rundir import RunDir
+
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "busy"
+    with RunDir(run_dir).owned():  # another open file description: flock refuses it even in this process
+        code, out = run("run", str(root / "pipelines/tiny/seg.yaml"), "--run-dir", str(run_dir))
+        assert code == 2 and f"{run_dir} is in use by process {os.getpid()}" in out and f"kill {os.getpid()}" in out
+        assert not (run_dir / "run.json").exists()
+    (run_dir / "owner.lock").write_text(json.dumps({"pid": 999999999, "host": "gone", "command": "fnatune run"}))
+    with RunDir(run_dir).owned():
+        assert json.loads((run_dir / "owner.lock").read_text())["pid"] == os.getpid()
+
+
+def test_counts_beyond_a_64_bit_counter_are_config_errors(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    code, out = run("run", str(root / "pipelines/tiny/seg.yaml"), "--run-dir", str(tmp_path / "r"),
+                    "--set", "finetune.iters=99999999999999999999")
+    assert code == 2 and "finetune.iters: Value error, too large for a 64-bit counter" in out
+    assert not (tmp_path / "r").exists()  # refused before the run directory is touched

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from fnatune.arch import Arch
 from fnatune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,12 @@ def test_tiny_pose_pipeline_runs_end_to_end_and_logs_its_ap(tmp_path: Path, monk
     parent = client.get_run(state["parent_run"])
     assert parent.data.params["task"] == "pose" and parent.data.params["pose.input_size"] == "[128, 96]"
     assert parent.data.metrics["AP"] == pytest.approx(metrics["AP"])
+    # the runs table's columns: size and cost beside the seed's own layout's, the arch, seconds per stage
+    assert parent.data.metrics["params_M"] == pytest.approx(export["params"] / 1e6)
+    assert parent.data.metrics["seed_params_M"] == pytest.approx(export["seed_params"] / 1e6)
+    assert parent.data.metrics["seed_madds_G"] > 0 and parent.data.metrics["madds_G"] > 0
+    assert parent.data.tags["fnatune.arch"] == Arch.from_dict(arch).block_string()
+    assert all(parent.data.metrics[f"time_{s}_s"] > 0 for s in ("seed", "search", "finetune"))
     runs = client.search_runs([parent.info.experiment_id])
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run"]}
     assert children == {"data", "seed", "supernet", "search", "target", "finetune", "evaluate", "export"}

@@ -9,13 +9,33 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+INT64_MAX = 2**63 - 1
+
+
+def _ints(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [i for v in value for i in _ints(v)]
+    return []
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated, and no count is
+    beyond what torch's 64-bit step counters hold (``finetune.iters=99999999999999999999`` is a typo, not a plan)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_int64(cls, value: Any) -> Any:
+        if any(abs(i) > INT64_MAX for i in _ints(value)):
+            raise ValueError(f"too large for a 64-bit counter (at most {INT64_MAX:,})")
+        return value
 
 
 Size = tuple[int, int]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,42 @@ def img_dir(root: str | Path, split: str) -> Path:
 
 
 def check_image_files(root: str | Path, split: str, data: dict[str, Any], path: Path) -> None:
-    """Every image the annotation file ``path`` lists exists under ``<root>/<split>2017``."""
+    """Every image the annotation file ``path`` lists exists under ``<root>/<split>2017``, is a complete image
+    file and has the width and height the file gives it (checked in parallel, cached: :mod:`fnatune.data.scan`)."""
+    from fnatune.data.scan import Scan, check_sizes
+
+    files = [img_dir(root, split) / im["file_name"] for im in data["images"]]
+    for f in files:
+        if not f.is_file():
+            raise FnatuneError(f"image missing: {f} (listed in {path})")
+    check_sizes(files, [(im.get("width"), im.get("height")) for im in data["images"]], f"{path.name}",
+                Scan(root, f"coco-{split}"))
+
+
+def image_table(path: Path, data: dict[str, Any]) -> dict[Any, dict[str, Any]]:
+    """The annotation file's images by id, each checked to have COCO's keys."""
+    out = {}
     for im in data["images"]:
-        if not (img_dir(root, split) / im["file_name"]).is_file():
-            raise FnatuneError(f"image missing: {img_dir(root, split) / im['file_name']} (listed in {path})")
+        if not isinstance(im, dict) or not all(k in im for k in ("id", "file_name", "width", "height")):
+            raise FnatuneError(f"{path}: image entry {str(im)[:80]} lacks one of 'id', 'file_name', 'width', "
+                               f"'height'")
+        out[im["id"]] = im
+    return out
+
+
+def check_box(path: Path, ann: dict[str, Any], im: dict[str, Any]) -> bool:
+    """Whether an annotation's ``bbox`` is usable: a list of 4 numbers inside its image (an error otherwise),
+    with a width and height above 0 (False when not: such a box is skipped, as COCO's tools and mmdet do)."""
+    box = ann.get("bbox")
+    if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
+        raise FnatuneError(f"{path}: annotation {ann.get('id')} has bbox {box!r}; expected [x, y, width, height]")
+    x, y, bw, bh = box
+    if bw <= 0 or bh <= 0:
+        return False
+    if x < -1 or y < -1 or x + bw > im["width"] + 1 or y + bh > im["height"] + 1:
+        raise FnatuneError(f"{path}: annotation {ann.get('id')} has bbox {box} outside its "
+                           f"{im['width']}x{im['height']} image {im['file_name']}")
+    return True
 
 
 def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -167,8 +200,9 @@ def check_coco(root: str | Path, split: str, num_classes: int | None = None, che
     if num_classes is not None and len(classes) != num_classes:
         raise FnatuneError(f"{path} has {len(classes)} categories {list(classes)[:10]}, but data.num_classes is "
                            f"{num_classes}; set data.num_classes to {len(classes)}")
-    images = {im["id"]: im for im in data["images"]}
-    cat_ids = {c["id"] for c in data["categories"]}
+    images = image_table(path, data)
+    cat_ids = {c.get("id") for c in data["categories"]}
+    empty: list[Any] = []
     for a in data["annotations"]:
         im = images.get(a.get("image_id"))
         if im is None:
@@ -176,13 +210,15 @@ def check_coco(root: str | Path, split: str, num_classes: int | None = None, che
         if a.get("category_id") not in cat_ids:
             raise FnatuneError(f"{path}: annotation {a.get('id')} has category_id {a.get('category_id')}, "
                                f"not in 'categories'")
-        x, y, bw, bh = a["bbox"]
-        if bw <= 0 or bh <= 0 or x < -1 or y < -1 or x + bw > im["width"] + 1 or y + bh > im["height"] + 1:
-            raise FnatuneError(f"{path}: annotation {a.get('id')} has bbox {a['bbox']} outside its "
-                               f"{im['width']}x{im['height']} image {im['file_name']}")
+        if not check_box(path, a, im):
+            empty.append(a.get("id"))
+    if empty:
+        warnings.warn(f"{path}: {len(empty)} annotation(s) with a zero width or height (e.g. id {empty[0]}) are "
+                      f"skipped, as COCO's tools do", stacklevel=2)
     if check_files:
         check_image_files(root, split, data, path)
-    return {"images": len(images), "annotations": len(data["annotations"]), "classes": classes}
+    return {"images": len(images), "annotations": len(data["annotations"]), "classes": classes,
+            "empty_boxes": len(empty)}
 
 
 def split_image_ids(image_ids: Sequence[int], fraction: float = 0.5, seed: int = 520) -> tuple[list[int], list[int]]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fnatune.data.coco import ann_path, check_image_files, read_annotations, write_coco_set
+from fnatune.data.coco import ann_path, check_box, check_image_files, image_table, read_annotations, write_coco_set
 from fnatune.data.synthetic import check_marker, street_background
 from fnatune.errors import FnatuneError
 
@@ -137,7 +137,7 @@ def check_coco_keypoints(root: str | Path, split: str, num_joints: int = 17, che
     person = {c.get("id") for c in data["categories"] if c.get("name") == "person"}
     if not person:
         raise FnatuneError(f"{path}: no 'person' category; a keypoints set has category person")
-    images = {im["id"]: im for im in data["images"]}
+    images = image_table(path, data)
     for a in data["annotations"]:
         aid = a.get("id")
         if a.get("category_id") not in person:
@@ -151,13 +151,7 @@ def check_coco_keypoints(root: str | Path, split: str, num_joints: int = 17, che
             n = len(kps) if isinstance(kps, list) else type(kps).__name__
             raise FnatuneError(f"{path}: annotation {aid} has a keypoint list of {n} numbers; expected "
                                f"3 x {num_joints} = {3 * num_joints} (x, y, visibility per joint)")
-        box = a.get("bbox")
-        if not isinstance(box, list) or len(box) != 4:
-            raise FnatuneError(f"{path}: annotation {aid} has bbox {box!r}; expected [x, y, width, height]")
-        x, y, bw, bh = box
-        if x < -1 or y < -1 or x + bw > im["width"] + 1 or y + bh > im["height"] + 1:
-            raise FnatuneError(f"{path}: annotation {aid} has bbox {box} outside its {im['width']}x{im['height']} "
-                               f"image {im['file_name']}")
+        check_box(path, a, im)  # a zero-sized box is allowed here: person_instances skips it
     if check_files:
         check_image_files(root, split, data, path)
     return {"images": len(images), "annotations": len(data["annotations"]), "instances": len(person_instances(data))}

@@ -192,12 +192,30 @@ def check_cityscapes(root: str | Path, split: str, num_classes: int = 19, ignore
     images = sorted(img_dir.glob("*/*_leftImg8bit.png"))
     if not images:
         raise FnatuneError(f"no images in {img_dir}: {layout}")
-    for img in images:
-        label = gt_dir / img.parent.name / img.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+    labels = [gt_dir / img.parent.name / img.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+              for img in images]
+    for img, label in zip(images, labels):
         if not label.exists():
             raise FnatuneError(f"label missing for {img}: expected {label}")
-        values = np.unique(np.asarray(Image.open(label)))
-        bad = [int(v) for v in values if v >= num_classes and v != ignore_index]
+    # every image complete, every label complete and of its image's size, label values in range: in
+    # parallel, cached by file size and mtime (fnatune.data.scan)
+    from fnatune.data.scan import Scan, image_size
+
+    def label_info(path: Path) -> dict[str, Any]:
+        size = image_size(path)
+        try:
+            values = np.unique(np.asarray(Image.open(path)))
+        except OSError as e:
+            raise FnatuneError(f"label file {path} cannot be decoded: {e}") from None
+        return {"size": list(size), "values": [int(v) for v in values]}
+
+    sizes = Scan(root, f"cityscapes-{split}-images").run(images, lambda p: list(image_size(p)))
+    info = Scan(root, f"cityscapes-{split}-labels").run(labels, label_info)
+    for img, label, size, li in zip(images, labels, sizes, info):
+        if li["size"] != size:
+            raise FnatuneError(f"label file {label} is {li['size'][0]}x{li['size'][1]}, but its image {img} is "
+                               f"{size[0]}x{size[1]}")
+        bad = [v for v in li["values"] if v >= num_classes and v != ignore_index]
         if bad:
             raise FnatuneError(f"label file {label} has values {bad} outside the {num_classes} classes "
                                f"(0..{num_classes - 1}) and the ignore value {ignore_index}")

@@ -10,6 +10,21 @@ from fnatune.arch import Arch
 from fnatune.framework import RunContext, StageHandle
 
 
+def _seed_cost(ctx: RunContext) -> dict[str, float]:
+    """The whole network's cost around the seed's own layout in the run's space (empty where the seed's ops
+    are not candidates of the space)."""
+    from fnatune.errors import ArchError
+    from fnatune.space import get_space
+    from fnatune.stages.seed import seed_of
+
+    try:
+        seed_arch = get_space(ctx.cfg.space).project(seed_of(ctx).arch)
+    except ArchError:
+        return {}
+    cost = ctx.backend.whole_cost(seed_arch)
+    return {k: cost[k] for k in ("params", "madds_paper_resolution") if k in cost}
+
+
 def stage_export(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     from fnatune.cost import count_params
     from fnatune.export import export_onnx
@@ -31,6 +46,17 @@ def stage_export(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
         st.log_artifact(st.dir / "backbone.onnx")
     metrics.update(ctx.backend.whole_cost(arch))
     metrics["backbone_params"] = float(count_params(backbone))
+    seed = _seed_cost(ctx)
+    metrics.update({f"seed_{k}": v for k, v in seed.items()})
+    # the parent run's columns: the derived net's size and cost beside the seed's own layout's, and its arch
+    columns = {}
+    for prefix in ("", "seed_"):
+        if f"{prefix}params" in metrics:
+            columns[f"{prefix}params_M"] = metrics[f"{prefix}params"] / 1e6
+        if f"{prefix}madds_paper_resolution" in metrics:
+            columns[f"{prefix}madds_G"] = metrics[f"{prefix}madds_paper_resolution"] / 1e9
+    st.tracker.log_metrics(ctx.parent_run, columns)
+    st.tracker.set_tags(ctx.parent_run, {"fnatune.arch": arch.block_string()})
     for p in (ctx.run.arch_path, pic, ctx.path("finetune", "backbone")):
         st.log_artifact(p)
     st.tracker.log_artifact(ctx.parent_run, ctx.run.arch_path)

@@ -99,7 +99,7 @@ def search_core(ctx: RunContext, st: StageHandle, dp: Any = None) -> dict[str, A
     return {"outputs": {"arch": ctx.rel(st.dir / "arch.json"), "supernet": ctx.rel(sup_path),
                         "alpha_heatmap": ctx.rel(heat)},
             "metrics": {"final_expected_cost": final["expected_cost"], "final_alpha_entropy": final["alpha_entropy"],
-                        "derived_cost": float(table.of_arch(result.arch))}}
+                        "final_derived_cost": float(table.of_arch(result.arch))}}  # not on the per-epoch series
 
 
 def stage_fixed_arch(ctx: RunContext, st: StageHandle) -> dict[str, Any]:

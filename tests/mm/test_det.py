@@ -165,6 +165,26 @@ def test_coco_map_is_one_for_perfect_boxes_and_lower_for_shifted(tmp_path: Path)
     assert mAP(0.6) < shifted
 
 
+def test_a_detector_that_finds_nothing_scores_zero_with_a_warning(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An early or weak detector finds no box above its threshold on the whole val set: mmdet then returns no
+    numbers at all; ours is 0 on every metric and says why (not ``KeyError: 'bbox_mAP'``)."""
+    root = generate_coco(tmp_path / "coco", 2, 3, (96, 128), seed=1)
+    ds = det.coco(root, "val", [dict(type="LoadImageFromFile"), dict(type="PackDetInputs")])
+
+    def nothing_found(model, dataset, metric, n):  # type: ignore[no-untyped-def]
+        for i in range(n):
+            info = dataset.get_data_info(i)
+            metric.process({}, [{"img_id": info["img_id"], "ori_shape": (info["height"], info["width"]),
+                                 "pred_instances": {"bboxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                                                    "labels": torch.zeros(0, dtype=torch.long)}}])
+
+    monkeypatch.setattr(det, "feed_metric", nothing_found)
+    with pytest.warns(UserWarning, match="found no box above its score threshold on 3 val images"):
+        metrics = det.evaluate(None, ds, root, "val")  # type: ignore[arg-type]
+    assert metrics == {f"bbox_{k}": 0.0 for k in det.METRIC_NAMES} and "bbox_mAP" in metrics
+
+
 def test_plain_mmdet_and_mmseg_configs_build_and_load_a_run_backbone(tmp_path: Path) -> None:
     from mmengine.config import Config
 
