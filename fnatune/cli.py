@@ -277,8 +277,11 @@ def _finish(run_dir: Path, result: dict[str, Any]) -> None:
     if result.get("table"):
         click.echo("\n" + result["table"])
     if state.get("tracking_uri"):  # empty when tracking is off
+        from fnatune.tracking import run_page
+
         click.echo(f"  MLflow: run {state.get('parent_run')} in {state.get('tracking_uri')}")
-        click.echo(f"  browse: fnatune ui --tracking-uri {state.get('tracking_uri')}")
+        page = run_page(state["tracking_uri"], state.get("parent_run") or "")
+        click.echo(f"  browse: fnatune ui --tracking-uri {state.get('tracking_uri')}" + (f", then {page}" if page else ""))
     failed = [r["name"] for r in result.get("rows", []) if str(r.get("status", "")).startswith("failed")]
     if failed:  # the table is the result, but a script chaining on our exit code must not go on
         raise FnatuneError(f"{len(failed)} of {len(result['rows'])} trials failed ({', '.join(failed)}); after "

@@ -60,6 +60,11 @@ class NullTracker(Tracker):
         return f"null-{name}-{time.time_ns()}"
 
 
+# MLflow 3's UI opens an experiment on its GenAI "Traces" page unless the experiment says it holds model
+# training runs (the tag and value its web app reads, checked in mlflow 3.17.2's bundled UI)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 class MlflowTracker(Tracker):
     """MLflow through an explicit client; see the module docstring."""
 
@@ -74,9 +79,12 @@ class MlflowTracker(Tracker):
         self.client = MlflowClient(tracking_uri=self.uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri))
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri),
+                                                               tags=dict([EXPERIMENT_KIND]))
         else:
             self.experiment_id = exp.experiment_id
+            if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
 
     def start_run(self, name: str, parent_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         all_tags = dict(tags or {})
@@ -141,6 +149,19 @@ class TrackingUnavailable(RuntimeError):
 
 def make_tracker(uri: str | None, experiment: str, enabled: bool = True) -> Tracker:
     return MlflowTracker(uri, experiment) if enabled else NullTracker()
+
+
+def run_page(uri: str, run_id: str, base: str = "http://127.0.0.1:5000") -> str | None:
+    """The run's page in the MLflow UI (``fnatune ui``'s default address); None if the store has no such run.
+    The runs' own pages, not the experiment's landing page: MLflow 3.17's UI opens experiments on GenAI traces."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        return None
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:

@@ -42,6 +42,7 @@ def test_tiny_pose_pipeline_runs_end_to_end_and_logs_its_ap(tmp_path: Path, monk
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     state = json.loads((run / "run.json").read_text())
     parent = client.get_run(state["parent_run"])
+    assert f"#/experiments/{parent.info.experiment_id}/runs/{state['parent_run']}" in res.output  # the run's page
     assert parent.data.params["task"] == "pose" and parent.data.params["pose.input_size"] == "[128, 96]"
     assert parent.data.metrics["AP"] == pytest.approx(metrics["AP"])
     # the runs table's columns: size and cost beside the seed's own layout's, the arch, seconds per stage

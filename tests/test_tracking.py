@@ -70,3 +70,15 @@ def test_only_a_missing_run_is_reported_missing(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setattr(t.client, "get_run", unreachable)
     with pytest.raises(TrackingUnavailable, match="ConnectionError: Connection refused"):
         t.run_exists(run)
+
+
+def test_our_experiments_open_on_their_runs_in_mlflows_ui(tmp_path: Path) -> None:
+    """MLflow 3's UI shows an experiment without a kind as GenAI traces; ours are tagged as model training,
+    new ones when created, older ones (made before this tag) when next opened."""
+    uri = default_tracking_uri(tmp_path)
+    t = MlflowTracker(uri, "new")
+    assert t.client.get_experiment(t.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = t.client.create_experiment("old")
+    assert "mlflow.experimentKind" not in t.client.get_experiment(old).tags
+    MlflowTracker(uri, "old")
+    assert t.client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
