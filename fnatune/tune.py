@@ -29,6 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# Read by Ray when it is imported: a driver whose output goes to a file or a pipe (a log, CI) gets the trials'
+# lines as they are, without Ray's ANSI colours and "(run_trial pid=…)" prefixes (fnatune prefixes the lines
+# of concurrent trials itself); a terminal keeps Ray's defaults.
+if not os.isatty(1):
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
+
 from ray.tune import Callback, Stopper
 
 from fnatune.errors import FnatuneError

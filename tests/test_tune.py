@@ -180,6 +180,7 @@ def test_ctrl_c_then_sigkill_mid_search_then_resume_gives_the_same_arch(in_workd
     assert proc.wait(timeout=120) == 130, (in_workdir / "int.log").read_text()
     text = (in_workdir / "int.log").read_text()
     assert f"interrupted; continue with: fnatune resume {run}" in text and "results:" not in text
+    assert "\x1b[" not in text and "(run_trial pid=" not in text and "[2/8] seed: done" in text  # a log file
     assert not (run / "stages/search/done.json").exists()
 
     proc = start("resume", str(run), log=in_workdir / "killed.log")
