@@ -48,6 +48,18 @@ class TaskBackend(ABC):
     def prepare(self) -> dict[str, float]:
         """Generate synthetic data if asked, check the layout; fail early if the library is missing."""
 
+    def generate(self, write: Callable[[str, Any], Any]) -> None:
+        """If the config asks for generated data, ``write(root, data.generate)`` under a lock on the folder:
+        trials of a sweep share it, and the second one finds the first one's finished set."""
+        from pathlib import Path
+
+        from fnatune.io import file_lock
+
+        d = self.cfg.data
+        if d.generate is not None:
+            with file_lock(str(Path(d.root).resolve()) + ".lock"):
+                write(d.root, d.generate)
+
     @abstractmethod
     def search_sets(self) -> tuple[Dataset[Any], Dataset[Any]]:
         """(arch-step set, weight-step set): the two halves of FNA's split with their pipelines."""

@@ -51,16 +51,11 @@ class DetBackend(TaskBackend):
         return det
 
     def prepare(self) -> dict[str, float]:
-        from pathlib import Path
 
         from fnatune.data.coco import check_coco, generate_coco
-        from fnatune.io import file_lock
 
         d = self.cfg.data
-        if d.generate is not None:
-            g = d.generate
-            with file_lock(str(Path(d.root).resolve()) + ".lock"):  # trials of a sweep share the folder
-                generate_coco(d.root, g.num_train, g.num_val, g.size, g.seed, g.max_objects)
+        self.generate(lambda root, g: generate_coco(root, g.num_train, g.num_val, g.size, g.seed, g.max_objects))
         metrics: dict[str, float] = {}
         for split in ("train", "val"):
             info = check_coco(d.root, split, d.num_classes, check_files=d.check_labels)

@@ -60,7 +60,6 @@ class PoseBackend(TaskBackend):
     def prepare(self) -> dict[str, float]:
         from fnatune.data.keypoints import check_coco_keypoints, generate_coco_keypoints
         from fnatune.errors import FnatuneError
-        from fnatune.io import file_lock
 
         d, p = self.cfg.data, self.pose
         if d.num_classes != 17:
@@ -71,10 +70,8 @@ class PoseBackend(TaskBackend):
             raise FnatuneError(f"pose.input_size {list(p.input_size)} is not a multiple of the backbone's output "
                                f"stride {out_stride} (space {self.cfg.space}): the heatmaps would not match their "
                                f"targets; use e.g. [{h}, {w}]")
-        if d.generate is not None:
-            g = d.generate
-            with file_lock(str(Path(d.root).resolve()) + ".lock"):  # trials of a sweep share the folder
-                generate_coco_keypoints(d.root, g.num_train, g.num_val, g.size, g.seed, g.max_objects)
+        self.generate(lambda root, g: generate_coco_keypoints(root, g.num_train, g.num_val, g.size, g.seed,
+                                                              g.max_objects))
         metrics: dict[str, float] = {}
         for split in ("train", "val"):
             info = check_coco_keypoints(d.root, split, 17, check_files=d.check_labels)

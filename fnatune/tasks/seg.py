@@ -29,13 +29,9 @@ class SegBackend(TaskBackend):
 
     def prepare(self) -> dict[str, float]:
         from fnatune.data.synthetic import check_cityscapes, generate_cityscapes
-        from fnatune.io import file_lock
 
         d = self.cfg.data
-        if d.generate is not None:
-            g = d.generate
-            with file_lock(str(Path(d.root).resolve()) + ".lock"):  # trials of a sweep share the folder
-                generate_cityscapes(d.root, g.num_train, g.num_val, g.size, g.seed)
+        self.generate(lambda root, g: generate_cityscapes(root, g.num_train, g.num_val, g.size, g.seed))
         metrics = {}
         for split in ("train", "val"):
             if d.check_labels:
