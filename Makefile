@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python benchmarks/remap_speed.py
 	$(BIN)/python benchmarks/search_step.py
 	$(BIN)/python benchmarks/tune_overhead.py
+	$(BIN)/python benchmarks/search_quality.py
 
 clean:
 	rm -rf $(VENV) runs data mlflow.db mlartifacts

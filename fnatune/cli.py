@@ -5,10 +5,11 @@ import ast
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
+from fnatune.config.sections import WidthRule
 from fnatune.errors import FnatuneError
 from fnatune.rundir import RunDir
 
@@ -109,8 +110,8 @@ def tasks() -> None:
                    "or PATH.json.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for weights.pt, remap_report.json and arch.json.")
-@click.option("--width", type=click.Choice(["index", "bn_gamma"]), default="index", show_default=True,
-              help="Width rule: first k channels, or the k with the largest BN |gamma|.")
+@click.option("--width", type=click.Choice(list(get_args(WidthRule))), default="index", show_default=True,
+              help="Width rule: first k channels, or the k with the largest BN |gamma|, filter std or L1 norm.")
 @click.option("--kernel", type=click.Choice(["centre", "dilation"]), default="centre", show_default=True,
               help="Kernel rule for larger kernels: centre placement or a dilated lattice.")
 @click.option("--group", type=click.Choice(["block_diagonal", "leading"]), default="block_diagonal", show_default=True,

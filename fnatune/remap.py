@@ -8,7 +8,8 @@ The rules, at three levels:
   In a super net every candidate of layer ``l`` maps to seed layer ``min(l, L-1)``.
 - **width**: the overlap of channels is copied. Inside a block, the block's family applies one channel
   index set consistently to every tensor that channel dimension runs through. Default: the first k
-  channels; variant ``bn_gamma``: the k channels with the largest ``|gamma|`` of the BN that scales them.
+  channels; variants (Algorithm 1, FNA_SPEC §13.3): the k channels with the largest ``|gamma|`` of the BN
+  that scales them (``bn_gamma``), or the largest std / L1 norm of their seed filters (``std`` / ``l1``).
   New channels (width expansion) are zero, or zero + noise with ``noise=True``; new BN entries keep
   their init (gamma 1, beta 0, mean 0, var 1).
 - **kernel**: the seed kernel is placed at the centre of a larger kernel, zeros around (variant
@@ -239,6 +240,21 @@ def top_channels(scores: Tensor, k: int) -> Tensor:
     return torch.sort(top).values
 
 
+def channel_scores(rule: str, bn: nn.BatchNorm2d | None, weight: Tensor | None) -> Tensor:
+    """Per-channel ranking scores of a width rule: ``|gamma|``, or the std / L1 norm over all but dim 0 of
+    ``weight`` (population std, so a one-tap filter scores 0 rather than NaN)."""
+    if rule == "bn_gamma":
+        if bn is None or bn.weight is None:
+            raise RemapError("width rule 'bn_gamma' needs BN scales in the seed, but its BN has affine=False")
+        return bn.weight.detach().abs()
+    if rule in ("std", "l1"):
+        if weight is None:
+            raise RemapError(f"width rule '{rule}' needs the seed's filters of that channel dimension")
+        flat = weight.detach().reshape(weight.shape[0], -1).double()
+        return flat.std(dim=1, unbiased=False) if rule == "std" else flat.abs().sum(dim=1)
+    raise RemapError(f"width rule '{rule}' is not implemented by the writer")
+
+
 def _is_prefix(index: Tensor) -> bool:
     return bool(torch.equal(index, torch.arange(len(index))))
 
@@ -273,17 +289,15 @@ class TensorWriter:
 
     def channels(self, n_src: int, n_dst: int, bn: nn.BatchNorm2d | None = None, weight: Tensor | None = None) -> Tensor:
         """Which of a seed's ``n_src`` channels fill the first ``min(n_src, n_dst)`` of the target, by the
-        width rule: the first ones (``index``), or those whose BN scale ``|gamma|`` is largest (``bn_gamma``).
-        ``bn`` is the BN that scales that channel dimension and ``weight`` the tensor whose dim 0 it is."""
+        width rule: the first ones (``index``), or the top k by a score (FNA_SPEC §13.3): the BN scale
+        ``|gamma|`` (``bn_gamma``), or the standard deviation (``std``) or L1 norm (``l1``) of each channel's
+        seed filter. ``bn`` is the BN that scales that channel dimension and ``weight`` the seed tensor whose
+        dim 0 it is."""
         k = min(n_src, n_dst)
         rule = self.options.width
         if rule == "index" or k == n_src:
             return torch.arange(k)
-        if rule == "bn_gamma":
-            if bn is None or bn.weight is None:
-                raise RemapError("width rule 'bn_gamma' needs BN scales in the seed, but its BN has affine=False")
-            return top_channels(bn.weight.abs(), k)
-        raise RemapError(f"width rule '{rule}' is not implemented by the writer")
+        return top_channels(channel_scores(rule, bn, weight), k)
 
     @torch.no_grad()
     def conv(self, src: nn.Conv2d, dst: nn.Conv2d, out_idx: Tensor, in_idx: Tensor) -> None:

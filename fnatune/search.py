@@ -10,7 +10,7 @@ Call order::
   then from softmax(alpha / sample_temperature)), runs that single path, and updates the weights only;
   alpha is frozen. Loss = task loss.
 * An **arch step** runs every candidate, mixed by softmax(alpha / temperature), first order, with the
-  weights frozen, and updates alpha only. Loss = task + lambda * log_tau(E[cost]).
+  weights frozen, and updates alpha only. Loss = task + lambda * log_tau(gamma * E[cost]).
 * One epoch = ``steps_per_epoch`` weight steps (FNA: ``repeat`` x the number of batches of the arch split).
   After the warm-up each cycle is ``arch_steps`` arch steps followed by ``weight_steps`` weight steps.
 
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from fnatune.arch import Arch
-from fnatune.config.sections import SearchCfg
+from fnatune.config.sections import CostCfg, SearchCfg
 from fnatune.errors import FnatuneError
 from fnatune.io import atomic_write_json
 from fnatune.loop import (
@@ -53,7 +53,7 @@ from fnatune.loop import (
 from fnatune.nets import SuperNet
 from fnatune.schedule import LRSchedule, set_lr
 
-__all__ = ["NonFiniteLossError", "SearchObserver", "SearchResult", "Searcher", "alpha_entropy"]
+__all__ = ["NonFiniteLossError", "SearchObserver", "SearchResult", "Searcher", "alpha_entropy", "cost_term"]
 
 
 class SearchObserver:
@@ -78,6 +78,13 @@ def alpha_entropy(probabilities: Sequence[Tensor]) -> float:
     """Mean entropy (nats) of the per-layer op distributions: log(n) when uniform, 0 when decided."""
     ents = [float(-(p * p.clamp_min(1e-12).log()).sum()) for p in probabilities]
     return sum(ents) / max(len(ents), 1)
+
+
+def cost_term(cost: Tensor, c: CostCfg) -> Tensor:
+    """The search's cost term before lambda: ``log_tau(gamma * C)``, or ``|log_tau(C / target)|``."""
+    if c.target is None:
+        return torch.log(c.gamma * cost) / math.log(c.log_base)
+    return (torch.log(cost / c.target) / math.log(c.log_base)).abs()
 
 
 class Searcher:
@@ -108,8 +115,9 @@ class Searcher:
         lr = settings.weight_lr
         self.schedule = LRSchedule(  # milestones are epochs in the config, weight iterations here
             base_lr=settings.weight_optim.lr, total_iters=settings.epochs * self.steps_per_epoch, policy=lr.policy,
-            warmup_iters=lr.warmup_iters, warmup_ratio=lr.warmup_ratio,
-            milestones=[m * self.steps_per_epoch for m in lr.milestones], gamma=lr.gamma, power=lr.power)
+            warmup_iters=(lr.warmup_iters if lr.warmup_epochs is None else round(lr.warmup_epochs * self.steps_per_epoch)),
+            warmup_ratio=lr.warmup_ratio, milestones=[m * self.steps_per_epoch for m in lr.milestones], gamma=lr.gamma,
+            power=lr.power, min_lr=lr.min_lr)
         self.gen = torch.Generator()
         self.progress: dict[str, Any] = {"epoch": 0, "w_in_epoch": 0, "cycle_pos": 0, "step": 0,
                                          "weight_iter": 0, "arch_iter": 0, "done": False}
@@ -213,11 +221,9 @@ class Searcher:
                 "expected_cost": float(cost.detach())}
 
     def cost_term(self, cost: Tensor) -> Tensor:
-        """log_tau(C) (FNA_SPEC §5.3), or |log_tau(C / target)| when a target cost is set."""
-        c = self.s.cost
-        if c.target is None:
-            return torch.log(cost) / math.log(c.log_base)
-        return (torch.log(cost / c.target) / math.log(c.log_base)).abs()
+        """log_tau(gamma * C) (FNA_SPEC §5.3, §13.1), or |log_tau(C / target)| when a target cost is set
+        (gamma scales both C and the target there, so it cancels)."""
+        return cost_term(cost, self.s.cost)
 
     # ------------------------------------------------------------------------------ loop
     def run(self, max_steps: int | None = None) -> SearchResult | None:

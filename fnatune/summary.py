@@ -45,11 +45,43 @@ def _cell(v: Any) -> str:
 
 
 def variants_table(rows: list[dict[str, Any]], metric: str) -> str:
-    head = f"| variant | overrides | {metric} | params (M) | MAdds (B) | hours | status |\n|---|---|---|---|---|---|---|\n"
-    return head + "".join(
+    """One row per variant; with a ``paper`` column (the paper's number and its table) when any variant has
+    one, and below the table how many pairs of those variants ours order as the paper does."""
+    papers = any(r.get("paper") for r in rows)
+    pcol, psep = (" paper | paper's table |", "---|---|") if papers else ("", "")
+    head = (f"| variant | overrides | {metric} |{pcol} params (M) | MAdds (B) | hours | status |\n"
+            f"|---|---|---|{psep}---|---|---|---|\n")
+
+    def paper(r: dict[str, Any]) -> str:
+        if not papers:
+            return ""
+        p = r.get("paper")
+        return f" {_f(p['value'], '.1f')} | {_cell(p['ref'])} |" if p else " - | - |"
+
+    table = head + "".join(
         f"| {_cell(r['name'])} | {_cell(', '.join(f'{k}={v}' for k, v in r['set'].items()) or '(defaults)')} | "
-        f"{_f(r['metrics'].get(metric))} | {_f(r['params_M'], '.3f')} | {_f(r['madds_B'])} | {r['hours']:.4f} | "
-        f"{_cell(r['status'])} |\n" for r in rows)
+        f"{_f(r['metrics'].get(metric))} |{paper(r)} {_f(r['params_M'], '.3f')} | {_f(r['madds_B'])} | "
+        f"{r['hours']:.4f} | {_cell(r['status'])} |\n" for r in rows)
+    if papers:
+        agree, pairs = paper_agreement(rows, metric)
+        table += (f"\nOrdered as in the paper: {agree} of {pairs} pairs of variants with a paper number "
+                  "(pairs the paper ties are left out).\n")
+    return table
+
+
+def paper_agreement(rows: list[dict[str, Any]], metric: str) -> tuple[int, int]:
+    """Of the pairs of finished variants that both have a paper number (and that the paper does not tie), how
+    many our metric orders the same way (a tie of ours counts as disagreement)."""
+    have = [(r["paper"]["value"], r["metrics"][metric]) for r in rows
+            if r.get("paper") and r.get("complete") and r["metrics"].get(metric) is not None]
+    agree = pairs = 0
+    for i, (p1, m1) in enumerate(have):
+        for p2, m2 in have[i + 1:]:
+            if p1 == p2:
+                continue
+            pairs += 1
+            agree += (p1 - p2) * (m1 - m2) > 0
+    return agree, pairs
 
 
 def sweep_table(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> str:
@@ -97,7 +129,8 @@ def summarise(cfg: PipelineCfg, run: RunDir, results: Sequence[Any], tracker: An
         errors = {r.config.get("variant"): r.error for r in results}
         for v in cfg.variants:
             trial = run.variant(v.name)
-            row = {"name": v.name, "set": v.set, **_trial_row(trial)}
+            row = {"name": v.name, "set": v.set, **_trial_row(trial),
+                   "paper": v.paper.model_dump() if v.paper is not None else None}
             why = trial.trial_error() or errors.get(v.name) or "incomplete"
             row["status"] = "done" if row["complete"] else f"failed: {why}"
             rows.append(row)

@@ -4,7 +4,8 @@ Iteration-based like the paper's recipes (100K iterations for Cityscapes). The s
 :class:`~fnatune.config.sections.TrainLoopCfg` (the pipeline's ``finetune`` section, or the one
 :meth:`~fnatune.config.sections.PretrainCfg.loop` builds). ``loss_fn(batch)`` returns the scalar loss; the
 loop owns the optimiser, the LR schedule (a pure function of the iteration), gradient clipping, optional
-mixed precision on CUDA, periodic evaluation, atomic checkpoints and an exact resume (model, optimiser,
+mixed precision on CUDA, BN recalibration before the first step (``bn_recalibration_iters``), periodic
+evaluation, atomic checkpoints and an exact resume (model, optimiser,
 iteration, RNG states and the stream's position; :mod:`fnatune.loop`).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fnatune.bn import recalibrate_bn
 from fnatune.config.sections import TrainLoopCfg
 from fnatune.loop import (
     LoopCheckpoint,
@@ -36,6 +38,8 @@ class TrainObserver:
     def on_log(self, it: int, metrics: dict[str, float]) -> None: ...
 
     def on_checkpoint(self, path: Path, progress: dict[str, Any]) -> None: ...
+
+    def on_recalibrated(self, info: dict[str, Any]) -> None: ...
 
 
 class Trainer:
@@ -122,12 +126,28 @@ class Trainer:
         self.it += 1
         return float(loss.detach())
 
+    def _recalibrate(self) -> None:
+        """BN statistics recomputed before the first step (FNA_SPEC §13.2), then a checkpoint, so a resumed
+        run never recalibrates twice."""
+        n = self.s.bn_recalibration_iters
+
+        def forward() -> None:
+            with self._autocast():
+                self.loss_fn(self.stream.next())
+
+        t0 = time.perf_counter()
+        layers = recalibrate_bn(self.model, forward, n)
+        self.observer.on_recalibrated({"iters": n, "bn_layers": layers, "seconds": time.perf_counter() - t0})
+        self.save_checkpoint()
+
     def run(self, max_steps: int | None = None) -> list[dict[str, Any]]:
         """Train to ``settings.iters`` (resuming first). Returns the log (one entry per ``log_every``)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.load_checkpoint():
             torch.manual_seed(self.seed)
             self.gen.manual_seed(self.seed)
+            if self.s.bn_recalibration_iters:
+                self._recalibrate()
         self.model.train()
         t0, taken = time.perf_counter(), 0
         while self.it < self.s.iters:

@@ -12,7 +12,7 @@ from fnatune.arch import Arch, Skeleton, StageShape
 from fnatune.blocks.mbconv import MBConv
 from fnatune.errors import RemapError
 from fnatune.nets import ChildNet, MixedLayer, SuperNet
-from fnatune.remap import RemapOptions, kernel_positions, remap, remap_layer
+from fnatune.remap import RemapOptions, TensorWriter, kernel_positions, remap, remap_layer
 from fnatune.space import get_space
 from tests.conftest import randomize_bn
 
@@ -85,6 +85,34 @@ def test_bn_gamma_width_rule_uses_one_ranked_index_set() -> None:
     assert torch.equal(new.expand.bn.running_mean, seed.expand.bn.running_mean[top])
     assert torch.equal(new.dw.conv.weight, seed.dw.conv.weight[top])
     assert torch.equal(new.dw.bn.weight, seed.dw.bn.weight[top])
+    assert torch.equal(new.project.conv.weight, seed.project.conv.weight[:, top])
+
+
+def test_std_and_l1_width_rules_pick_what_algorithm_1_picks_on_a_hand_made_tensor() -> None:
+    """FNA_SPEC §13.3: a = topk(v, k), sorted ascending; v = per-channel std (population) or L1 norm."""
+    w = torch.tensor([[4.0, 4.0], [1.0, -1.0], [0.0, 3.0], [0.1, 0.1], [-2.0, 2.0]]).reshape(5, 2, 1, 1)
+    # std: 0, 1, 1.5, 0, 2 -> top 3 = {4, 2, 1};  L1: 8, 2, 3, 0.2, 4 -> top 3 = {0, 4, 2}
+    picks = {}
+    for rule in ("index", "std", "l1"):
+        writer = TensorWriter(torch.nn.Conv2d(2, 3, 1), RemapOptions(width=rule))
+        picks[rule] = writer.channels(5, 3, weight=w).tolist()
+    assert picks == {"index": [0, 1, 2], "std": [1, 2, 4], "l1": [0, 2, 4]}
+    with pytest.raises(RemapError, match="needs the seed's filters"):
+        TensorWriter(torch.nn.Conv2d(2, 3, 1), RemapOptions(width="std")).channels(5, 3)
+
+
+@pytest.mark.parametrize("rule", ["std", "l1"])
+def test_filter_width_rules_use_one_index_set_from_the_expand_filters(rule: str) -> None:
+    seed = _seed_layer(16, 16, 3, 6, 1, 1)
+    new = MBConv(16, 16, 3, 3).eval()
+    remap_layer(seed, new, RemapOptions(width=rule))
+    flat = seed.expand.conv.weight.detach().reshape(96, -1).double()
+    v = flat.std(dim=1, unbiased=False) if rule == "std" else flat.abs().sum(dim=1)
+    top = torch.sort(torch.argsort(v, descending=True)[:48]).values
+    assert not torch.equal(top, torch.arange(48))
+    assert torch.equal(new.expand.conv.weight, seed.expand.conv.weight[top])
+    assert torch.equal(new.expand.bn.running_var, seed.expand.bn.running_var[top])
+    assert torch.equal(new.dw.conv.weight, seed.dw.conv.weight[top])
     assert torch.equal(new.project.conv.weight, seed.project.conv.weight[:, top])
 
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from fnatune.config import SearchCfg
+from fnatune.config.sections import CostCfg
 from fnatune.cost import MAddsTable, madds_table
 from fnatune.data import BatchStream, split_indices
 from fnatune.nets import SuperNet
-from fnatune.search import NonFiniteLossError, Searcher, SearchObserver
+from fnatune.search import NonFiniteLossError, Searcher, SearchObserver, cost_term
 from tests.helpers import TinySeg, ce_loss, tiny_dataset, tiny_space
 
 
@@ -213,3 +214,37 @@ def test_batch_stream_resumes_mid_pass_with_identical_batches() -> None:
     s3 = BatchStream(data, 3, seed=4)
     s3.load_state_dict(state)
     assert all(torch.equal(a, s3.next()[0]) for a in seq[4:])
+
+
+def test_cost_term_is_lambda_log_tau_of_gamma_times_cost(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """FNA_SPEC §13.1: L = L_task + lambda * log_tau(gamma * E[cost]), checked on a real arch step by hand."""
+    lam, tau, gamma = 9e-3, 45.0, 10.0
+    s = _searcher(tmp_path, cost={"lambda": lam, "log_base": tau, "gamma": gamma})
+    out = s.arch_step()
+    hand = lam * math.log(gamma * out["expected_cost"]) / math.log(tau)
+    assert out["arch_loss"] - out["arch_task_loss"] == pytest.approx(hand, rel=1e-5)
+    assert float(cost_term(torch.tensor(2.5, dtype=torch.float64), CostCfg(gamma=10, log_base=45))) == pytest.approx(
+        math.log(25) / math.log(45), rel=1e-12)
+
+
+def test_gamma_shifts_the_loss_but_not_the_search(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """log(gamma * C) = log(gamma) + log(C): gamma adds a constant, so alpha's gradients and the search are those
+    of gamma = 1 (what the detection recipes use); only the logged arch loss moves by lambda * log_tau(gamma)."""
+    runs = []
+    for gamma in (1.0, 10.0):
+        s = _searcher(tmp_path / str(gamma), cost={"lambda": 0.5, "log_base": 45, "gamma": gamma})
+        out = s.arch_step()
+        runs.append((out, [a.detach().clone() for a in s.alphas]))
+    (o1, a1), (o10, a10) = runs
+    assert o10["arch_loss"] - o1["arch_loss"] == pytest.approx(0.5 * math.log(10) / math.log(45), rel=1e-5)
+    assert all(torch.equal(x, y) for x, y in zip(a1, a10))
+
+
+def test_warmup_in_epochs_and_a_floor_for_the_cosine(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The ICLR seg recipe: warm-up 1e-4 -> 0.02 over 5 epochs, then cosine down to 1e-3."""
+    s = _searcher(tmp_path, epochs=10, warmup_epochs=4, steps_per_epoch=3, weight_optim={"lr": 0.02},
+                  weight_lr={"policy": "cosine", "warmup_epochs": 5, "warmup_ratio": 0.005, "min_lr": 1e-3})
+    sched = s.schedule
+    assert sched.warmup_iters == 15 and sched.min_lr == 1e-3
+    assert sched.lr_at(0) == pytest.approx(1e-4)
+    assert sched.lr_at(29) == pytest.approx(1e-3 + 0.5 * (0.02 - 1e-3) * (1 + math.cos(math.pi * 29 / 30)), rel=1e-12)

@@ -22,3 +22,31 @@ def test_block_strings_do_not_break_the_markdown_tables() -> None:
 def test_pareto_front_keeps_the_undominated_points_sorted_by_cost() -> None:
     points = [(40.0, 10.0), (42.0, 12.0), (41.0, 13.0), (39.0, 9.0), (42.0, 11.0)]
     assert pareto_front(points) == [3, 0, 4]
+
+
+def _ablation_row(name: str, ours: float | None, paper: float | None) -> dict:
+    row = _row(name, "k3_e1 | k3_e6")
+    row["metrics"] = {"mIoU": ours} if ours is not None else {}
+    row["complete"] = ours is not None
+    row["paper"] = {"value": paper, "ref": f"Table 5 {name}"} if paper is not None else None
+    return row
+
+
+def test_ablation_table_puts_the_papers_number_beside_ours_and_counts_agreeing_pairs() -> None:
+    rows = [_ablation_row("remap", 50.0, 76.6), _ablation_row("rr", 40.0, 72.4), _ablation_row("rt", 45.0, 73.0),
+            _ablation_row("tr", 41.0, 76.0), _ablation_row("seed_arch", 60.0, None),
+            _ablation_row("std", 44.0, 75.8), _ablation_row("bn", 46.0, 75.8), _ablation_row("dead", None, 75.3)]
+    table = variants_table(rows, "mIoU")
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| variant | overrides | mIoU | paper | paper's table |")
+    assert "| 50.00 | 76.6 | Table 5 remap |" in table and "| 60.00 | - | - |" in table
+    # finished, with a paper number: remap, rr, rt, tr, std, bn -> 15 pairs, the std/bn tie (75.8) left out: 14.
+    # Disagreeing: (tr, rt) 41 < 45 but 76.0 > 73.0; (tr, std), (tr, bn) likewise; (std, rt) 44 < 45 but 75.8 > 73.0.
+    assert "Ordered as in the paper: 10 of 14 pairs" in table
+    cells = {len(line.replace("\\|", "").split("|")) for line in lines[:len(rows) + 2]}
+    assert len(cells) == 1
+
+
+def test_a_table_without_paper_numbers_has_no_paper_columns() -> None:
+    table = variants_table([_row("a", "k3_e1")], "mIoU")
+    assert "paper" not in table and "Ordered" not in table

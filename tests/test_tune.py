@@ -349,22 +349,30 @@ def test_ray_start_cluster_on_the_loopback_with_token_auth(in_workdir: Path, tmp
 @pytest.mark.timeout(900)
 def test_variants_are_trials_with_a_summary_table(in_workdir: Path) -> None:
     extra = {"search": {"enabled": False}, "arch": "seed", "tune": {"checkpoint_every_s": 1e6},
-             "variants": [{"name": "remap"}, {"name": "random_ft", "set": {"finetune.init": "random"}},
+             "variants": [{"name": "remap", "paper": {"value": 76.6, "ref": "Table 5 remap/remap"}},
+                          {"name": "random_ft", "set": {"finetune.init": "random"},
+                           "paper": {"value": 73.0, "ref": "Table 5 remap/random"}},
+                          {"name": "pretrained", "set": {"finetune.init": "pretrained"}},
                           {"name": "diverges", "set": {"finetune.optim.lr": 1e30}}]}
     uri = f"sqlite:///{in_workdir / 'variants.db'}"
     res = CliRunner().invoke(main, ["run", str(_micro(in_workdir, extra, "variants.yaml")), "--run-dir", "variants",
                                     "--tracking-uri", uri])
     # the table is printed, but a failed variant makes the exit code say so; a NaN loss is not retried
-    assert res.exit_code == 2 and "1 of 3 trials failed (diverges)" in res.output, res.output
+    assert res.exit_code == 2 and "1 of 4 trials failed (diverges)" in res.output, res.output
     assert "| random_ft | finetune.init=random |" in res.output and "retrying" not in res.output
     run = in_workdir / "variants"
     rows = json.loads((run / "ablation_summary.json").read_text())
-    assert [r["name"] for r in rows] == ["remap", "random_ft", "diverges"]
-    assert [r["status"] for r in rows[:2]] == ["done", "done"] and "non-finite loss" in rows[2]["status"], rows[2]
-    assert "| random_ft | finetune.init=random |" in (run / "ablation_summary.md").read_text()
+    assert [r["name"] for r in rows] == ["remap", "random_ft", "pretrained", "diverges"]
+    assert [r["status"] for r in rows[:3]] == ["done"] * 3 and "non-finite loss" in rows[3]["status"], rows[3]
+    summary = (run / "ablation_summary.md").read_text()
+    assert "| random_ft | finetune.init=random |" in summary and "| 73.0 | Table 5 remap/random |" in summary
+    assert "Ordered as in the paper: " in summary and " of 1 pairs" in summary
+    # the pretrained target: the arch trained on its own with the seed's pretraining recipe, then fine-tuned
+    target = json.loads((run / "variants/pretrained/stages/target/done.json").read_text())
+    assert 0.0 <= target["metrics"]["pretrain_val_acc"] <= 1.0
     # the fine-tune wrote its checkpoints, but none was old enough to be copied into Tune's storage
     trial_dirs = list((run / "tune/experiment").iterdir())
-    assert len([d for d in trial_dirs if d.is_dir()]) == 3
+    assert len([d for d in trial_dirs if d.is_dir()]) == 4
     assert not list((run / "tune/experiment").glob("*/checkpoint_*"))
     client = _client(uri)
     parent = json.loads((run / "run.json").read_text())["parent_run"]

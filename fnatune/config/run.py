@@ -79,7 +79,15 @@ class SweepCfg(Section):
         return self
 
 
+class PaperValueCfg(Section):
+    """The paper's number for a variant, printed beside ours in the ablation summary."""
+
+    value: float
+    ref: str = Field(min_length=1)   # where it comes from, e.g. "Table 5, remap/remap" (FNA_SPEC §13.4)
+
+
 class VariantCfg(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     set: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
+    paper: PaperValueCfg | None = None

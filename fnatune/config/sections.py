@@ -39,7 +39,7 @@ class Section(BaseModel):
 
 
 Size = tuple[int, int]
-WidthRule = Literal["index", "bn_gamma"]
+WidthRule = Literal["index", "bn_gamma", "std", "l1"]
 KernelRule = Literal["centre", "dilation"]
 NoiseRegion = Literal["new", "all"]
 GroupRule = Literal["block_diagonal", "leading"]
@@ -103,6 +103,9 @@ class TrainLoopCfg(Section):
     eval_every: int = Field(0, ge=0)
     checkpoint_every: int = Field(1000, ge=1)
     amp: Literal["none", "bf16", "fp16"] = "none"
+    # FNA_SPEC §13.2: before the first step, the BN statistics of the whole model are recomputed over this
+    # many training batches (cumulative average, weights frozen, no optimiser step). 0 = off.
+    bn_recalibration_iters: int = Field(0, ge=0)
 
 
 class SeedCfg(Section):
@@ -163,6 +166,15 @@ class RemapCfg(Section):
     o of the target keeps the seed's weights on the inputs both its target group and its seed group see
     (``block_diagonal``, the default; exact from a grouped seed into fewer groups), or, from a dense seed,
     on the first inputs of its group's width (``leading``, option a of §4.6).
+
+    ``width`` (FNA_SPEC §4.3, §13.3): which seed channels fill a narrower target, all in ascending index
+    order (Algorithm 1: ``sort(topk_indices(v, k))``): ``index`` the first k (FNA's code), ``bn_gamma`` the k
+    with the largest ``|gamma|`` of the BN that scales them (Width-BN), ``std`` / ``l1`` the k whose seed
+    filters have the largest standard deviation / L1 norm (Width-Std / Width-L1).
+
+    ``random_init`` is what ``search.init: random`` / ``finetune.init: random`` ("without remapping") mean:
+    every conv and linear weight of the backbone drawn from a standard normal distribution, as the paper
+    states (``normal``, FNA_SPEC §13.3), or torch's own module init (``kaiming``).
     """
 
     width: WidthRule = "index"
@@ -171,6 +183,7 @@ class RemapCfg(Section):
     noise: bool = False
     noise_scale: float = Field(1e-5, ge=0)
     noise_region: NoiseRegion = "new"
+    random_init: Literal["normal", "kaiming"] = "normal"
 
 
 class CostCfg(Section):
@@ -178,6 +191,10 @@ class CostCfg(Section):
     input: Size | None = None         # default: the space's task resolution (seg 1024x2048)
     lam: float = Field(0.02, ge=0, alias="lambda")
     log_base: float = Field(10.0, gt=1)
+    # The cost term is lambda * log_tau(gamma * C) (FNA_SPEC §13.1: the ICLR seg recipe's gamma = 10; the
+    # detection code has no gamma, i.e. 1). C is E[cost] in the table's unit: GMAdds of the searchable
+    # layers at ``input`` (MAdds tables) or milliseconds (latency tables).
+    gamma: float = Field(1.0, gt=0)
     # Not FNA: a target cost (in the table's unit) turns the term into lambda * |log_tau(C / target)|, which
     # pulls E[cost] towards the target from both sides. None (default) is FNA's lambda * log_tau(C).
     target: float | None = Field(None, gt=0)
@@ -190,7 +207,11 @@ class CostCfg(Section):
 class SplitCfg(Section):
     fraction: float = Field(0.5, gt=0, lt=1)
     seed: int = 520
-    arch_data: Literal["augmented", "plain"] = "augmented"  # FNA code: augmented half -> arch steps
+    # Which half feeds the arch steps, and with which pipeline. FNA's detection code: the augmented part
+    # (``fraction`` of the images) -> arch steps, the rest without augmentation -> weight steps ("augmented");
+    # or the other way round ("plain"); or both parts with the train pipeline ("both": the ICLR seg recipe,
+    # one resize-and-crop pipeline for all search data, ``fraction`` of it for the arch steps).
+    arch_data: Literal["augmented", "plain", "both"] = "augmented"
 
 
 class LRCfg(Section):
@@ -201,7 +222,9 @@ class LRCfg(Section):
     gamma: float = 0.1
     power: float = 0.9
     warmup_iters: int = Field(500, ge=0)
+    warmup_epochs: float | None = Field(None, ge=0)  # when set, the warm-up length in epochs (replaces warmup_iters)
     warmup_ratio: float = Field(1 / 3, gt=0, le=1)
+    min_lr: float = Field(0.0, ge=0)  # where poly and cosine end (the ICLR seg search: cosine to 1e-3)
 
 
 class AugmentCfg(Section):
@@ -251,9 +274,14 @@ class SearchCfg(Section):
 
 
 class FinetuneCfg(TrainLoopCfg):
-    """Parameter adaptation: the training loop's settings plus the target's init and the data it sees."""
+    """Parameter adaptation: the training loop's settings plus the target's init and the data it sees.
 
-    init: Literal["remap", "random", "supernet"] = "remap"
+    ``init``: ``remap`` (FNA), ``random`` (seeded random init), ``supernet`` (the searched super net's weights
+    of the derived path), ``pretrained`` (the derived arch itself trained from scratch with the ``pretrain``
+    section's classification recipe: Table 5's "ImageNet-pretrained target" where ImageNet cannot be had).
+    """
+
+    init: Literal["remap", "random", "supernet", "pretrained"] = "remap"
     batch_size: int = Field(16, ge=1)
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
     optim: FinetuneOptimCfg = Field(default_factory=FinetuneOptimCfg)

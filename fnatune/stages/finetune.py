@@ -48,6 +48,11 @@ def finetune_core(ctx: RunContext, st: StageHandle, dp: Any = None) -> dict[str,
         def on_checkpoint(self, path: Path, progress: dict[str, Any]) -> None:
             ctx.reporter.checkpoint("finetune", path, progress)
 
+        def on_recalibrated(self, info: dict[str, Any]) -> None:
+            ctx.progress(f"  finetune: BN statistics of {info['bn_layers']} layers recomputed over {info['iters']} "
+                         f"batches in {info['seconds']:.1f} s", force=True)
+            st.log_metrics({"bn_recalibration_s": info["seconds"]}, 0)
+
     stream = stream_for(ds, f.batch_size, b.collate, ctx.cfg.seed * 2 + 3, ctx.cfg.data.num_workers, dp)
     evaluate = (lambda: b.evaluate(model, val)) if f.eval_every else None
     trainer = Trainer(model, b.loss_fn(model), stream, f, st.dir / "work", Obs(), evaluate, seed=ctx.cfg.seed, dp=dp)

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
+from fnatune.arch import Arch
 from fnatune.framework import RunContext, StageHandle, eta
-from fnatune.io import file_lock
+from fnatune.io import atomic_torch_save, file_lock
 from fnatune.seeds import Seed, load_seed
 
 
@@ -45,11 +46,14 @@ def _pretrain_key(ctx: RunContext) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _cache_root(ctx: RunContext) -> Path:
+    pc = ctx.cfg.pretrain
+    return Path(pc.cache_dir or Path(os.environ.get("FNATUNE_CACHE", Path.home() / ".cache" / "fnatune")))
+
+
 def pretrained_seed(ctx: RunContext, st: StageHandle) -> tuple[Seed, dict[str, float]]:
     """Train the seed's classifier on a generated ImageFolder set; reuse a cached result if present."""
-    pc = ctx.cfg.pretrain
-    cache_root = Path(pc.cache_dir or Path(os.environ.get("FNATUNE_CACHE", Path.home() / ".cache" / "fnatune")))
-    cached = cache_root / "pretrain" / f"{ctx.cfg.seed_net.name}-{_pretrain_key(ctx)}.pt"
+    cached = _cache_root(ctx) / "pretrain" / f"{ctx.cfg.seed_net.name}-{_pretrain_key(ctx)}.pt"
     with file_lock(str(cached) + ".lock"):  # concurrent trials: one pretrains, the others read its result
         if cached.exists():
             ctx.progress(f"  seed: pretrained seed read from cache {cached}", force=True)
@@ -58,13 +62,50 @@ def pretrained_seed(ctx: RunContext, st: StageHandle) -> tuple[Seed, dict[str, f
 
 
 def _pretrain(ctx: RunContext, st: StageHandle, cached: Path) -> tuple[Seed, dict[str, float]]:
+    from fnatune.seeds import seed_from_net
+
+    torch.manual_seed(ctx.cfg.seed)  # before the seed's random init: the pretrained seed is a function of the config
+    base = load_seed(ctx.cfg.seed_net.name, weights=None, **ctx.cfg.seed_net.options)
+    net, acc = train_classifier(ctx, st, base.arch, base.state_dict, "pretrain")
+    seed = seed_from_net(ctx.cfg.seed_net.name, net.backbone, source=f"pretrained by fnatune (val acc {acc:.3f})")
+    seed.classifier = {k: v.detach().cpu().clone() for k, v in net.fc.state_dict().items()}
+    seed.save(cached)
+    ctx.progress(f"  seed: pretrained, val accuracy {acc:.3f}; cached at {cached}", force=True)
+    return seed, {"pretrain_val_acc": acc}
+
+
+def pretrained_arch(ctx: RunContext, st: StageHandle, arch: Arch) -> tuple[dict[str, torch.Tensor], float]:
+    """``arch`` trained from a seeded random init with the seed's pretraining recipe (the ``pretrain``
+    section): the stand-in for an ImageNet-pretrained target (FNA_SPEC §13.4, Table 5). Cached like the seed,
+    keyed by the arch as well. Returns the backbone's state dict and the val accuracy."""
+    key = hashlib.sha1((_pretrain_key(ctx) + arch.block_string()).encode()).hexdigest()[:16]
+    cached = _cache_root(ctx) / "pretrain" / f"target-{key}.pt"
+    with file_lock(str(cached) + ".lock"):
+        if cached.exists():
+            blob = torch.load(cached, map_location="cpu", weights_only=True)
+            ctx.progress(f"  target: pretrained target read from cache {cached}", force=True)
+            return blob["state_dict"], float(blob["val_acc"])
+        torch.manual_seed(ctx.cfg.seed)
+        from fnatune.nets import ChildNet
+
+        net, acc = train_classifier(ctx, st, arch, ChildNet(arch).state_dict(), "pretrain_target")
+        state = {k: v.detach().cpu().clone() for k, v in net.backbone.state_dict().items()}
+        atomic_torch_save({"state_dict": state, "val_acc": acc, "arch": arch.block_string()}, cached)
+        ctx.progress(f"  target: pretrained, val accuracy {acc:.3f}; cached at {cached}", force=True)
+        return state, acc
+
+
+def train_classifier(ctx: RunContext, st: StageHandle, arch: Arch, init: dict[str, torch.Tensor], tag: str
+                     ) -> tuple[Any, float]:
+    """Train ``arch`` (from the backbone state ``init``) as a classifier on the generated ImageFolder set of the
+    ``pretrain`` section; returns the trained :class:`~fnatune.heads.cls.ClassifierNet` (on the CPU) and its
+    val accuracy. The work folder ``st.dir / tag`` is removed afterwards."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
     from fnatune.data import BatchStream
     from fnatune.data.synthetic import generate_classification
     from fnatune.heads.cls import ClassifierNet
-    from fnatune.seeds import seed_from_net
     from fnatune.train import Trainer, TrainObserver
 
     pc = ctx.cfg.pretrain
@@ -74,10 +115,8 @@ def _pretrain(ctx: RunContext, st: StageHandle, cached: Path) -> tuple[Seed, dic
                                    pc.size, seed=ctx.cfg.seed)
     tf = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     train_set, val_set = ImageFolder(str(root / "train"), tf), ImageFolder(str(root / "val"), tf)
-    torch.manual_seed(ctx.cfg.seed)  # before the seed's random init: the pretrained seed is a function of the config
-    base = load_seed(ctx.cfg.seed_net.name, weights=None, **ctx.cfg.seed_net.options)
-    net = ClassifierNet(base.arch, num_classes=pc.num_classes)
-    net.backbone.load_state_dict(base.state_dict)
+    net = ClassifierNet(arch, num_classes=pc.num_classes)
+    net.backbone.load_state_dict(init)
     dev = ctx.device()
     net.to(dev)
 
@@ -87,23 +126,18 @@ def _pretrain(ctx: RunContext, st: StageHandle, cached: Path) -> tuple[Seed, dic
 
     class Obs(TrainObserver):
         def on_step(self, info: dict[str, Any]) -> None:
-            ctx.progress(f"  pretrain it {info['it']}/{info['iters']} loss {info['loss']:.3f} "
+            ctx.progress(f"  {tag} it {info['it']}/{info['iters']} loss {info['loss']:.3f} "
                          f"ETA {eta(info['it'], info['iters'], info['elapsed'])}")
 
         def on_log(self, it: int, metrics: dict[str, float]) -> None:
-            st.log_metrics({f"pretrain_{k}": v for k, v in metrics.items()}, it)
+            st.log_metrics({f"{tag}_{k}": v for k, v in metrics.items()}, it)
 
     stream = BatchStream(train_set, pc.batch_size, seed=ctx.cfg.seed)
-    Trainer(net, loss_fn, stream, pc.loop(), st.dir / "pretrain", Obs(), seed=ctx.cfg.seed).run()
+    Trainer(net, loss_fn, stream, pc.loop(), st.dir / tag, Obs(), seed=ctx.cfg.seed).run()
     net.eval()
     correct = 0
     with torch.no_grad():
         for x, y in torch.utils.data.DataLoader(val_set, batch_size=64):
             correct += int((net(x.to(dev)).argmax(1).cpu() == y).sum())
-    acc = correct / len(val_set)
-    seed = seed_from_net(ctx.cfg.seed_net.name, net.backbone.cpu(), source=f"pretrained by fnatune (val acc {acc:.3f})")
-    seed.classifier = {k: v.detach().cpu().clone() for k, v in net.fc.state_dict().items()}
-    seed.save(cached)
-    shutil.rmtree(st.dir / "pretrain", ignore_errors=True)
-    ctx.progress(f"  seed: pretrained, val accuracy {acc:.3f}; cached at {cached}", force=True)
-    return seed, {"pretrain_val_acc": acc}
+    shutil.rmtree(st.dir / tag, ignore_errors=True)
+    return net.cpu(), correct / len(val_set)

@@ -79,6 +79,8 @@ class DetBackend(TaskBackend):
         idx1, idx2 = mm.search_subsets(aug, plain, d.root, "train", s.split.fraction, s.split.seed)
         if s.split.arch_data == "augmented":
             return Subset(aug, idx1), Subset(plain, idx2)
+        if s.split.arch_data == "both":
+            return Subset(aug, idx1), Subset(aug, idx2)
         return Subset(plain, idx2), Subset(aug, idx1)
 
     def train_set(self) -> Dataset[Any]:

@@ -110,6 +110,8 @@ class PoseBackend(TaskBackend):
         aug, plain = self._dataset("train", True, part1), self._dataset("train", False, part2)
         if s.split.arch_data == "augmented":
             return aug, plain
+        if s.split.arch_data == "both":
+            return aug, self._dataset("train", True, part2)
         return self._dataset("train", False, part2), self._dataset("train", True, part1)
 
     def train_set(self) -> Dataset[Any]:

@@ -53,6 +53,8 @@ class SegBackend(TaskBackend):
         part1, part2 = split_indices(len(aug), s.split.fraction, s.split.seed)
         if s.split.arch_data == "augmented":  # FNA's code: augmented half -> arch steps, plain half -> weights
             return Subset(aug, part1), Subset(plain, part2)
+        if s.split.arch_data == "both":  # the ICLR seg recipe: one pipeline, `fraction` of the images -> arch
+            return Subset(aug, part1), Subset(aug, part2)
         return Subset(plain, part2), Subset(aug, part1)
 
     def train_set(self) -> Dataset[Any]:
