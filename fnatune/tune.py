@@ -266,9 +266,11 @@ def _space(params: Mapping[str, Param]) -> dict[str, Any]:
 def _search_alg(plan: TrialPlan) -> Any:
     if plan.optuna is None:
         return None
-    from optuna.samplers import NSGAIISampler, TPESampler
+    from optuna.samplers import TPESampler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
+
+    from fnatune.samplers import NSGAIISampler
 
     o = plan.optuna
     sampler = NSGAIISampler(seed=o.seed) if o.sampler == "nsga2" else TPESampler(seed=o.seed)
