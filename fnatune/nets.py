@@ -139,9 +139,31 @@ class MixedLayer(nn.Module):
         op = self.candidates[index]
         return op.forward_with_expansion(x) if want_expansion else (op(x), None)
 
-    def forward_mixed(self, x: Tensor, weights: Tensor, want_expansion: bool = False
+    def forward_mixed(self, x: Tensor, weights: Tensor, want_expansion: bool = False, recompute: bool = False
                       ) -> tuple[Tensor, Tensor | None]:
-        """``sum_o weights[o] * op_o(x)`` (and the same mix of expansion activations if asked)."""
+        """``sum_o weights[o] * op_o(x)`` (and the same mix of expansion activations if asked).
+
+        With ``recompute`` (and autograd recording), the candidates' inner activations are not kept for the
+        backward pass but recomputed there, one candidate at a time: the layer then holds its input and the
+        mixing weights instead of every candidate's activations. Gradients are the
+        plain mix's. It is skipped when a candidate's BN tracks running statistics (the recompute would
+        update them twice); FNA's candidate BN keeps none."""
+        if recompute and torch.is_grad_enabled() and self.recomputable:
+            out = _RecomputedMix.apply(self, want_expansion, x, weights)
+            return (out[0], out[1]) if want_expansion else (out, None)
+        return self._mix(x, weights, want_expansion)
+
+    @property
+    def recomputable(self) -> bool:
+        """Running the candidates twice gives the same result and leaves no trace (no BN running statistics)."""
+        cached = self.__dict__.get("_recomputable")
+        if cached is None:
+            cached = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                             for m in self.candidates.modules())
+            self.__dict__["_recomputable"] = cached
+        return cached
+
+    def _mix(self, x: Tensor, weights: Tensor, want_expansion: bool) -> tuple[Tensor, Tensor | None]:
         out: Tensor | None = None
         mixed_exp: Tensor | None = None
         for w, op in zip(weights, self.candidates):
@@ -155,13 +177,70 @@ class MixedLayer(nn.Module):
         return out, mixed_exp
 
 
+class _RecomputedMix(torch.autograd.Function):
+    """``sum_o w_o * op_o(x)`` run without a graph; the backward pass reruns each candidate alone with one,
+    so at most one candidate's activations exist at a time. The gradient of ``w_o`` is ``<g, op_o(x)>``,
+    that of ``x`` is ``sum_o w_o * J_o(x)^T g``, and the candidates' own weights (when they require grad)
+    receive ``w_o * J_o(theta)^T g``: what autograd gives the plain mix. Autocast is re-entered as it was."""
+
+    @staticmethod
+    def forward(ctx: Any, layer: MixedLayer, want_expansion: bool, x: Tensor, weights: Tensor) -> Any:
+        ctx.layer, ctx.want = layer, want_expansion
+        ctx.autocast = _autocast_state(x.device.type)
+        ctx.save_for_backward(x, weights)
+        with torch.no_grad():
+            out, exp = layer._mix(x, weights, want_expansion)
+        return (out, exp) if want_expansion else out
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> Any:
+        x, weights = ctx.saved_tensors
+        g_out, g_exp = grads[0], (grads[1] if ctx.want else None)
+        need_x = ctx.needs_input_grad[2]
+        g_x = torch.zeros_like(x) if need_x else None
+        g_w = torch.zeros_like(weights)
+        device_type, enabled, dtype = ctx.autocast
+        for o, op in enumerate(ctx.layer.candidates):
+            with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                xi = x.detach().requires_grad_(need_x)
+                if ctx.want:
+                    y, e = op.forward_with_expansion(xi)
+                    outs, g_outs = [y, e], [g_out, g_exp]
+                else:
+                    outs, g_outs = [op(xi)], [g_out]
+            with torch.no_grad():
+                g_w[o] = sum((go * t).sum() for t, go in zip(outs, g_outs) if go is not None).to(g_w.dtype)
+            pairs = [(t, weights[o] * go) for t, go in zip(outs, g_outs) if go is not None and t.requires_grad]
+            if pairs:
+                inputs = [xi] if need_x else []
+                torch.autograd.backward([t for t, _ in pairs], [go.to(t.dtype) for t, go in pairs],
+                                        inputs=inputs + [p for p in op.parameters() if p.requires_grad] or None)
+            if need_x and xi.grad is not None:
+                g_x += xi.grad
+        return None, None, g_x, g_w
+
+
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    dt = device_type if device_type in ("cuda", "cpu") else "cpu"
+    return dt, torch.is_autocast_enabled(dt), torch.get_autocast_dtype(dt)
+
+
 class SuperNet(_Backbone):
     """``SearchSpace`` -> mixed layers + architecture parameters.
 
     Candidate ops use ``candidate_bn`` (FNA: no affine parameters and no running statistics, so they
     always normalise with the current batch). Fixed layers (one candidate), the stem and the tail use
     ordinary BN. The logits are initialised as ``alpha_init_std * N(0, 1)`` (FNA: 1e-3).
+
+    ``recompute_mixed`` (a share in [0, 1]): a mixed forward recomputes the candidates of some mixed layers
+    in the backward pass instead of keeping their activations (:meth:`MixedLayer.forward_mixed`): the
+    layers that hold the most activation memory, until they add up to this share of what a plain mixed
+    step keeps (0: none, 1: every layer). Same gradients; memory falls by about the share, time rises by
+    about share x one forward pass (``benchmarks/search_memory.py``). Which layers is measured once, on
+    the first mixed forward that records gradients, from a probe at :attr:`PROBE_SIZE`.
     """
+
+    PROBE_SIZE = (128, 128)
 
     def __init__(
         self,
@@ -169,8 +248,11 @@ class SuperNet(_Backbone):
         candidate_bn: BNOptions | None = None,
         bn: BNOptions | None = None,
         alpha_init_std: float = 1e-3,
+        recompute_mixed: float = 0.0,
     ) -> None:
         super().__init__()
+        self._recompute: set[tuple[int, int]] | None = set()
+        self._share = 0.0
         self.space = space
         sk = space.skeleton
         self.bn = bn or BNOptions(eps=sk.bn_eps)
@@ -178,6 +260,7 @@ class SuperNet(_Backbone):
         self._build_frame(sk, self.bn)
         self.positions = space.searchable_layers()
         self._pos_index = {p: i for i, p in enumerate(self.positions)}
+        self.recompute_mixed = recompute_mixed
         self.stages = nn.ModuleList()
         for s, st in enumerate(space.stages):
             stage = nn.ModuleList()
@@ -243,13 +326,83 @@ class SuperNet(_Backbone):
                 return layer.forward_with_expansion(h) if want else (layer(h), None)
         else:
             weights = self.probabilities(1.0 if temperature is None else temperature)
+            recompute = self._recompute_plan(x) if torch.is_grad_enabled() else set()
 
             def run(s: int, l: int, layer: nn.Module, h: Tensor, want: bool) -> tuple[Tensor, Tensor | None]:
                 if isinstance(layer, MixedLayer):
-                    return layer.forward_mixed(h, weights[self._pos_index[(s, l)]], want)
+                    return layer.forward_mixed(h, weights[self._pos_index[(s, l)]], want, (s, l) in recompute)
                 return layer.forward_with_expansion(h) if want else (layer(h), None)
 
         return self._walk(x, run)
+
+    # ----------------------------------------------------------------------------------- recompute
+    @property
+    def recompute_mixed(self) -> float:
+        return self._share
+
+    @recompute_mixed.setter
+    def recompute_mixed(self, share: float | bool) -> None:
+        share = float(share)
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"recompute_mixed is a share of the mixed step's activations in [0, 1], got {share}")
+        self._share = share  # None: planned on the next mixed forward that records gradients (once per share)
+        plans = self.__dict__.setdefault("_plans", {0.0: set(), 1.0: set(self._pos_index)})
+        self._recompute = plans.get(share)
+
+    def _recompute_plan(self, x: Tensor) -> set[tuple[int, int]]:
+        if self._recompute is None:
+            self._recompute = set()  # the probe itself mixes the plain way
+            held = self.activation_bytes(x)
+            total, freed, plan = sum(held.values()), 0, set()
+            for pos in sorted(held, key=held.__getitem__, reverse=True):
+                if freed >= self._share * total:
+                    break
+                plan.add(pos)
+                freed += held[pos]
+            self._recompute = self.__dict__["_plans"][self._share] = plan
+        return self._recompute
+
+    def activation_bytes(self, like: Tensor) -> dict[tuple[int, int], int]:
+        """Per mixed layer, the bytes a plain mixed forward keeps for the backward pass of an arch step
+        (weights frozen, alpha trainable), measured on a probe batch of :attr:`PROBE_SIZE` (they scale
+        with the input's area alike). Runs in eval mode, so no running statistic moves."""
+        owner: list[tuple[int, int] | None] = [None]
+        held: dict[tuple[int, int], int] = {pos: 0 for pos in self._pos_index if isinstance(self._layer(pos), MixedLayer)}
+        seen: set[int] = set()
+
+        def pack(t: Tensor) -> Tensor:
+            key = t.untyped_storage().data_ptr()
+            if owner[0] is not None and key not in seen:
+                seen.add(key)
+                held[owner[0]] += t.untyped_storage().nbytes()
+            return t
+
+        hooks = []
+        for pos in held:
+            for op in self._layer(pos).candidates:
+                hooks.append(op.register_forward_pre_hook(lambda m, i, pos=pos: owner.__setitem__(0, pos)))
+                hooks.append(op.register_forward_hook(lambda m, i, o: owner.__setitem__(0, None)))
+        flags = [(p, p.requires_grad) for p in self.parameters()]
+        arch_ids = {id(a) for a in self.alphas}
+        was_training = self.training
+        try:
+            for p, _ in flags:
+                p.requires_grad_(id(p) in arch_ids)
+            self.eval()
+            probe = torch.randn(2, like.shape[1], *self.PROBE_SIZE, device=like.device, dtype=like.dtype)
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = self(probe, temperature=1.0)
+            del out
+        finally:
+            for h in hooks:
+                h.remove()
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            self.train(was_training)
+        return held
+
+    def _layer(self, pos: tuple[int, int]) -> nn.Module:
+        return self.stages[pos[0]][pos[1]]
 
     # ----------------------------------------------------------------------------------- paths & archs
     def sample_path(self, generator: torch.Generator | None = None, uniform: bool = False,

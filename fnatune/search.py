@@ -97,6 +97,7 @@ class Searcher:
         if not any(m is supernet for m in model.modules()):
             raise FnatuneError("the search model must contain the SuperNet it searches")
         self.model, self.supernet, self.loss_fn = model, supernet, loss_fn
+        supernet.recompute_mixed = settings.recompute_mixed
         self.arch_stream, self.weight_stream = arch_stream, weight_stream
         self.cost, self.s, self.seed = cost_table, settings, seed
         self.workdir = Path(workdir)

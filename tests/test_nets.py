@@ -126,3 +126,92 @@ def test_inherited_child_has_the_super_nets_weights_and_plain_bn(mbv2_seed) -> N
     assert torch.equal(child.stages[s][l].dw.bn.running_var, torch.ones_like(child.stages[s][l].dw.bn.running_var))
     assert torch.equal(child.stem.bn.running_mean, net.stem.bn.running_mean)
     assert torch.equal(child.stages[0][0].dw.bn.weight, mbv2_seed.state_dict["stages.0.0.dw.bn.weight"])
+
+
+def _mixed_grads(net: SuperNet, x: torch.Tensor, recompute: bool, weights_too: bool) -> dict[str, torch.Tensor]:
+    net.recompute_mixed = recompute
+    for p in net.weight_parameters():
+        p.requires_grad_(weights_too)
+    net.zero_grad(set_to_none=True)
+    xin = x.clone().requires_grad_(True)
+    out = net(xin, temperature=1.0)
+    sum(o.square().mean() for o in out).backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    grads["input"] = xin.grad.clone()
+    grads.update({f"out{i}": o.detach() for i, o in enumerate(out)})
+    return grads
+
+
+@pytest.mark.parametrize("space_name", ["mbv2_seg", "mbv2_ssdlite"])  # ssdlite: a mixed expansion tap
+def test_recomputed_mixed_step_gives_the_plain_mixed_steps_outputs_and_gradients(space_name: str) -> None:
+    """The arch step (weights frozen) and a step with every weight trainable: the same outputs, alpha
+    gradients, weight gradients and input gradient as the plain mix, and no activation of any candidate
+    kept for the backward pass (only each mixed layer's input and mixing weights)."""
+    torch.manual_seed(0)
+    net = SuperNet(get_space(space_name)).train()
+    x = torch.randn(2, 3, 32, 32)
+    for weights_too in (False, True):
+        plain = _mixed_grads(net, x, recompute=False, weights_too=weights_too)
+        again = _mixed_grads(net, x, recompute=True, weights_too=weights_too)
+        assert plain.keys() == again.keys()
+        assert any(k.startswith("alphas") for k in plain) and (weights_too == any("candidates" in k for k in plain))
+        # float tolerance: the sums run in another order; gradients that BN's scale invariance makes ~0
+        # (a BN's gamma right before another BN) are compared against the largest gradient, not themselves
+        scale = max(float(v.abs().max()) for k, v in plain.items() if not k.startswith("out"))
+        for k in plain:
+            if k.startswith("out"):
+                assert torch.equal(plain[k], again[k]), k  # the forward is the same computation
+            else:
+                assert torch.allclose(plain[k], again[k], rtol=1e-3, atol=1e-6 * scale), k
+
+    kept = {}
+    for recompute in (True, False):
+        net.recompute_mixed = recompute
+        saved: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t,
+                                                      lambda t: t):
+            net(x, temperature=1.0)
+        kept[recompute] = sum(saved)
+    assert kept[True] < kept[False] / 4
+
+
+def test_recompute_is_skipped_when_candidate_bn_tracks_running_stats() -> None:
+    """Recomputing would update the running statistics twice: such a super net mixes the plain way."""
+    from fnatune.layers import BNOptions
+
+    torch.manual_seed(0)
+    net = SuperNet(get_space("mbv2_seg"), candidate_bn=BNOptions(track_running_stats=True), recompute_mixed=True)
+    net.train()
+    layer = next(m for m in net.modules() if hasattr(m, "recomputable"))
+    assert not layer.recomputable
+    before = layer.candidates[0].dw.bn.num_batches_tracked.clone()
+    net(torch.randn(2, 3, 64, 64), temperature=1.0)[-1].mean().backward()
+    assert int(layer.candidates[0].dw.bn.num_batches_tracked) == int(before) + 1
+
+
+def test_recompute_share_picks_the_layers_holding_the_most_activations() -> None:
+    """A share s recomputes the fewest layers, largest first, whose plain activations add up to s of all;
+    the probe that measures them moves no running statistic and leaves every requires_grad flag as it was."""
+    torch.manual_seed(0)
+    net = SuperNet(get_space("mbv2_seg")).train()
+    x = torch.randn(2, 3, 32, 32)
+    stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+    flags = [p.requires_grad for p in net.parameters()]
+    held = net.activation_bytes(x)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())
+    assert flags == [p.requires_grad for p in net.parameters()] and net.training
+    assert set(held) == set(net.positions) and sum(b > 0 for b in held.values()) >= len(held) - 1  # the first: no grad flows in
+    total = sum(held.values())
+    net.recompute_mixed = 0.5
+    net(x, temperature=1.0)
+    plan = net._recompute
+    assert plan is not None and 0 < len(plan) < len(held)
+    chosen = sum(held[p] for p in plan)
+    assert chosen >= 0.5 * total > chosen - min(held[p] for p in plan)
+    assert max(held[p] for p in held if p not in plan) <= min(held[p] for p in plan)
+    net.recompute_mixed = 0.0
+    assert net._recompute == set()
+    net.recompute_mixed = 0.5
+    assert net._recompute is plan  # measured once per share
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        net.recompute_mixed = 1.5

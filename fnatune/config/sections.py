@@ -256,6 +256,9 @@ class SearchCfg(Section):
     weight_steps: int = Field(1, ge=1)
     temperature: float = Field(1.0, gt=0)         # mixing softmax(alpha/T) in arch steps and in E[cost]
     sample_temperature: float = Field(1.0, gt=0)  # path sampling softmax(alpha/T) in weight steps
+    # arch steps recompute each mixed layer's candidates in the backward pass instead of keeping them all
+    # (same gradients; the mixed step's peak memory falls to that of about one path: benchmarks/search_memory.py)
+    recompute_mixed: float = Field(0.7, ge=0, le=1)
     batch_size: int = Field(2, ge=1)
     repeat: int = Field(1, ge=1)      # an epoch = repeat x the arch split's batches (SSDLite: RepeatDataset x5)
     augment: SearchAugmentCfg = Field(default_factory=SearchAugmentCfg)
