@@ -52,6 +52,8 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/remap_speed.py
 	$(BIN)/python benchmarks/search_step.py
+	$(BIN)/python benchmarks/search_memory.py
+	$(BIN)/python benchmarks/data_throughput.py
 	$(BIN)/python benchmarks/tune_overhead.py
 	$(BIN)/python benchmarks/search_quality.py
 

@@ -45,6 +45,7 @@ from fnatune.framework import (
     worker_result,
 )
 from fnatune.rundir import RunDir
+from fnatune.summary import knob_label
 from fnatune.tracking import default_tracking_uri, make_tracker
 
 STATE_FILE = "fnatune_state.json"  # inside a Tune checkpoint: which stage file it is, and its step
@@ -184,7 +185,7 @@ def run_trial(config: dict[str, Any], payload: TrialSpec) -> None:
     else:
         overrides = {k: config[k] for k in spec.keys}
         cfg, run, parent = variant_config(base, overrides, info.trial_id), root.trial(info.trial_id), spec.parent
-        name = f"{info.trial_id} " + ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in overrides.items())
+        name = f"{info.trial_id} {knob_label(overrides)}"
     run.write_config(cfg, f"trial {name or cfg.name} of {spec.source}")
     restored = restore_from_tune(run)
     prefix = f"[{name.split(' ')[0]}] " if name else ""
@@ -205,10 +206,6 @@ def run_trial(config: dict[str, Any], payload: TrialSpec) -> None:
     if spec.shape == "variants":
         tags["fnatune.variant"] = name or ""
     make_tracker(spec.uri, spec.experiment, spec.tracking).set_tags(run.state()["parent_run"], tags)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 # ------------------------------------------------------------------------------------------ the driver

@@ -21,6 +21,7 @@ def _trial_row(run: RunDir) -> dict[str, Any]:
     hours = sum(r.get("hours", 0.0) for r in run.stage_records().values())
     return {"metrics": ev, "params_M": (ex.get("params") or 0) / 1e6 or None,
             "madds_B": (ex.get("madds_paper_resolution") or 0) / 1e9 or None, "hours": hours,
+            "seed_madds_B": (ex.get("seed_madds_paper_resolution") or 0) / 1e9 or None,
             "arch": Arch.from_dict(arch).block_string() if arch and ex else "", "complete": bool(ex)}
 
 
@@ -94,6 +95,15 @@ def sweep_table(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> str
         for r in rows)
 
 
+def knob_label(values: dict[str, Any]) -> str:
+    """``lambda=0.03125, temperature=1.4``: a trial's varied knobs (last key part, 4 significant digits), as
+    its MLflow run name and its point's label in the Pareto plot."""
+    def short(v: Any) -> str:
+        return format(v, ".4g") if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={short(v)}" for k, v in values.items())
+
+
 def pareto_plot(rows: list[dict[str, Any]], metric: str, out: Path, title: str) -> Path:
     import matplotlib
 
@@ -106,8 +116,11 @@ def pareto_plot(rows: list[dict[str, Any]], metric: str, out: Path, title: str) 
     front = sorted((r for r in done if r.get("pareto")), key=lambda r: r["madds_B"])
     ax.plot([r["madds_B"] for r in front], [r["metrics"][metric] for r in front], "o-", c="#d62728", label="Pareto front")
     for r in done:
-        ax.annotate(r["name"].split(" ")[0][-5:], (r["madds_B"], r["metrics"][metric]), fontsize=7,
+        ax.annotate(knob_label(r["set"]) or r["name"], (r["madds_B"], r["metrics"][metric]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
+    seed = next((r["seed_madds_B"] for r in rows if r.get("seed_madds_B")), None)
+    if seed is not None:
+        ax.axvline(seed, ls="--", c="#1f77b4", lw=1, label=f"the seed's own arch: {seed:.2f} B")
     ax.set_xlabel("whole-network MAdds (B) at the paper's resolution")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=10)

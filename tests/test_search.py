@@ -248,3 +248,19 @@ def test_warmup_in_epochs_and_a_floor_for_the_cosine(tmp_path) -> None:  # type:
     assert sched.warmup_iters == 15 and sched.min_lr == 1e-3
     assert sched.lr_at(0) == pytest.approx(1e-4)
     assert sched.lr_at(29) == pytest.approx(1e-3 + 0.5 * (0.02 - 1e-3) * (1 + math.cos(math.pi * 29 / 30)), rel=1e-12)
+
+
+def test_recomputing_arch_steps_search_the_same_alphas(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """search.recompute_mixed reaches the super net, and a search that recomputes every mixed layer (or the
+    default's share) ends with the alphas and weights of one that keeps all activations, within float noise."""
+    ends = {}
+    for share in (0.0, 0.7, 1.0):
+        s = _searcher(tmp_path / str(share), recompute_mixed=share)
+        assert s.supernet.recompute_mixed == share
+        s.run()
+        ends[share] = [p.detach().clone() for p in s.model.parameters()]
+    for share in (0.7, 1.0):
+        for a, b in zip(ends[0.0], ends[share]):
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        SearchCfg.model_validate({"recompute_mixed": 1.5})

@@ -50,3 +50,28 @@ def test_ablation_table_puts_the_papers_number_beside_ours_and_counts_agreeing_p
 def test_a_table_without_paper_numbers_has_no_paper_columns() -> None:
     table = variants_table([_row("a", "k3_e1")], "mIoU")
     assert "paper" not in table and "Ordered" not in table
+
+
+def test_pareto_points_are_labelled_by_their_knobs_beside_the_seeds_cost(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Each point carries its knobs in full (the same text as the trial's MLflow run name), and the seed's own
+    whole-network cost is drawn as a reference line."""
+    from fnatune import summary
+
+    assert summary.knob_label({"search.cost.lambda": 0.031249, "search.temperature": 1.4, "search.epochs": 3}) == \
+        "lambda=0.03125, temperature=1.4, epochs=3"
+    rows = [{"name": "t1", "set": {"search.cost.lambda": 0.02}, "madds_B": 20.0, "seed_madds_B": 24.5,
+             "metrics": {"mIoU": 50.0}, "pareto": True},
+            {"name": "t2", "set": {"search.cost.lambda": 0.2}, "madds_B": 15.0, "seed_madds_B": 24.5,
+             "metrics": {"mIoU": 45.0}, "pareto": True}]
+    texts, lines = [], []
+    import matplotlib.axes
+
+    real_annotate, real_axvline = matplotlib.axes.Axes.annotate, matplotlib.axes.Axes.axvline
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate",
+                        lambda self, text, *a, **k: texts.append(text) or real_annotate(self, text, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline",
+                        lambda self, x=0, *a, **k: lines.append((x, k.get("label"))) or real_axvline(self, x, *a, **k))
+    out = summary.pareto_plot(rows, "mIoU", tmp_path / "p.png", "t")
+    assert out.stat().st_size > 0
+    assert texts == ["lambda=0.02", "lambda=0.2"]
+    assert lines == [(24.5, "the seed's own arch: 24.50 B")]

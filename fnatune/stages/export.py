@@ -36,7 +36,10 @@ def stage_export(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     backbone.load_state_dict(torch.load(ctx.path("finetune", "backbone"), map_location="cpu", weights_only=True))
     outputs: dict[str, str] = {}
     metrics: dict[str, float] = {}
-    pic = arch_picture(arch, st.dir / "arch.png", title=f"{ctx.cfg.name}: {arch.block_string()}")
+    from fnatune.stages.seed import seed_layout
+
+    pic = arch_picture(arch, st.dir / "arch.png", title=f"{ctx.cfg.name}: {arch.block_string()}",
+                       reference=seed_layout(ctx), reference_label=f"seed ({ctx.cfg.seed_net.name})")
     outputs["picture"] = ctx.rel(pic)
     if ctx.cfg.export.onnx:
         size = ctx.cfg.export.input or ctx.backend.export_size()

@@ -90,8 +90,12 @@ def search_core(ctx: RunContext, st: StageHandle, dp: Any = None) -> dict[str, A
     result.arch.save(st.dir / "arch.json")
     shutil.copyfile(st.dir / "arch.json", ctx.run.arch_path)
     atomic_write_json(st.dir / "alpha_history.json", result.history)
+    from fnatune.stages.seed import seed_layout
+
+    layout = seed_layout(ctx)
     heat = alpha_heatmap(result.probabilities, table.candidates, table.positions, st.dir / "alpha_heatmap.png",
-                         title=f"{ctx.cfg.name}: softmax(alpha/T) after {s.epochs} epochs")
+                         title=f"{ctx.cfg.name}: softmax(alpha/T) after {s.epochs} epochs",
+                         seed_ops=None if layout is None else [layout.ops[p][q] for p, q in table.positions])
     for p in (st.dir / "arch.json", st.dir / "alpha_history.json", heat):
         st.log_artifact(p)
     searcher.ckpt.remove()  # the search is complete; its outputs stay

@@ -25,6 +25,18 @@ def seed_of(ctx: RunContext) -> Seed:
     return ctx.cache["seed"]
 
 
+def seed_layout(ctx: RunContext) -> Arch | None:
+    """The seed's own layout in the run's space (what the pictures compare against), or None where the space
+    cannot express it."""
+    from fnatune.errors import FnatuneError
+    from fnatune.space import get_space
+
+    try:
+        return get_space(ctx.cfg.space).project(seed_of(ctx).arch)
+    except (FnatuneError, ValueError, KeyError):
+        return None
+
+
 def stage_seed(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     """Load the seed (torchvision name, checkpoint, none) or pretrain it on generated data (cached)."""
     sc = ctx.cfg.seed_net
