@@ -194,6 +194,9 @@ def ray_session(address: str | None = None, num_cpus: float | None = None, num_g
     if address is not None:
         _check_reachable(address)
         _compat_token_auth_if_required(address)
+    started = time.monotonic()
+    _echo(f"ray: joining the cluster at {address}" if address is not None else
+          f"ray: starting a local Ray on {LOCALHOST} ({_count(num_cpus or os.cpu_count() or 1, 'CPU')}; a few seconds)")
     try:
         with _compat_loopback_resolution(loopback):
             if address is not None:
@@ -208,8 +211,11 @@ def ray_session(address: str | None = None, num_cpus: float | None = None, num_g
         if address is None:
             raise
         raise FnatuneError(f"could not join the Ray cluster at {address}: {e}; {START_HINT}") from None
+    resources = dict(ray.cluster_resources())
+    _echo(f"ray: up in {time.monotonic() - started:.1f} s ({_count(resources.get('CPU', 0), 'CPU')}, "
+          f"{_count(resources.get('GPU', 0), 'GPU')}); Tune is placing the trial(s)")
     try:
-        yield dict(ray.cluster_resources())
+        yield resources
     finally:
         time.sleep(LOG_DRAIN_S)  # the log monitor forwards the trials' last lines before Ray goes
         if address is None:
@@ -288,6 +294,10 @@ def _scheduler(plan: TrialPlan) -> Any:
     a = plan.asha
     return ASHAScheduler(time_attr=a.time_attr, metric=a.metric, mode=a.mode, max_t=a.max_t,
                          grace_period=a.grace_period, reduction_factor=a.reduction_factor)
+
+
+def _count(n: float, what: str) -> str:
+    return f"{n:g} {what}" + ("" if n == 1 else "s")
 
 
 def _echo(text: str) -> None:
