@@ -263,6 +263,32 @@ def _default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _run_facts(run: RunDir) -> list[str]:
+    """The derived arch, its cost beside the seed's own arch, and the time each stage took (a single run)."""
+    lines = []
+    if run.arch_path.exists():
+        from fnatune.arch import Arch
+
+        lines.append(f"arch: {Arch.load(run.arch_path).block_string()}")
+    ex = run.done("export").get("metrics", {})
+    if ex.get("madds_paper_resolution") and ex.get("params"):
+        line = f"cost: {ex['madds_paper_resolution'] / 1e9:.2f} GMAdds, {ex['params'] / 1e6:.2f}M params"
+        if ex.get("seed_madds_paper_resolution") and ex.get("seed_params"):
+            line += (f"; the seed's own arch: {ex['seed_madds_paper_resolution'] / 1e9:.2f} GMAdds, "
+                     f"{ex['seed_params'] / 1e6:.2f}M params (whole network, the paper's resolution)")
+        lines.append(line)
+    done = sorted(run.path.glob(f"stages/*/{run.DONE}"), key=lambda p: p.stat().st_mtime)
+    if done:
+        times = [(p.parent.name, 3600.0 * float(run.done(p.parent.name).get("hours", 0.0))) for p in done]
+        lines.append("time per stage: " + ", ".join(f"{n} {_duration(t)}" for n, t in times)
+                     + f" (total {_duration(sum(t for _, t in times))})")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def _finish(run_dir: Path, result: dict[str, Any]) -> None:
     run = RunDir(run_dir)
     state = run.state()
@@ -275,6 +301,8 @@ def _finish(run_dir: Path, result: dict[str, Any]) -> None:
     ev = result.get("stages", {}).get("evaluate", {}).get("metrics", {})
     if ev:
         click.echo("  metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()))
+    for line in _run_facts(run):
+        click.echo("  " + line)
     if result.get("table"):
         click.echo("\n" + result["table"])
     if state.get("tracking_uri"):  # empty when tracking is off

@@ -107,3 +107,26 @@ def test_counts_beyond_a_64_bit_counter_are_config_errors(tmp_path: Path) -> Non
                     "--set", "finetune.iters=99999999999999999999")
     assert code == 2 and "finetune.iters: Value error, too large for a 64-bit counter" in out
     assert not (tmp_path / "r").exists()  # refused before the run directory is touched
+
+
+def test_the_end_summary_gives_the_arch_its_cost_beside_the_seeds_and_time_per_stage(tmp_path: Path) -> None:
+    import os
+
+    from fnatune.cli import _run_facts
+    from fnatune.rundir import RunDir
+    from fnatune.space import get_space
+
+    run = RunDir(tmp_path / "r")
+    arch = get_space("mbv2_seg").first_arch()
+    run.arch_path.parent.mkdir(parents=True, exist_ok=True)
+    arch.save(run.arch_path)
+    for i, (stage, hours) in enumerate((("search", 0.01), ("finetune", 0.05), ("export", 0.0))):
+        metrics = {"madds_paper_resolution": 21.6e9, "params": 2.13e6, "seed_madds_paper_resolution": 24.52e9,
+                   "seed_params": 2.57e6} if stage == "export" else {}
+        run.mark_done(stage, {"outputs": {}, "metrics": metrics, "hours": hours})
+        os.utime(run.stage_dir(stage) / run.DONE, (1000 + i, 1000 + i))  # completion order, not name order
+    assert _run_facts(run) == [
+        f"arch: {arch.block_string()}",
+        "cost: 21.60 GMAdds, 2.13M params; the seed's own arch: 24.52 GMAdds, 2.57M params (whole network, the "
+        "paper's resolution)",
+        "time per stage: search 36.0 s, finetune 3.0 min, export 0.0 s (total 3.6 min)"]
