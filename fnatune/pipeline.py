@@ -41,8 +41,24 @@ def execute(cfg: PipelineCfg, run_dir: str | Path | RunDir, tracking_uri: str | 
     ctx = RunContext(cfg, run, tracker, parent, progress, reporter=reporter or Reporter(),
                      launcher=launcher or Launcher())
     result = run_stages(ctx, stages_for(cfg))
+    _headline(run, tracker, parent)
     tracker.end_run(parent)
     return result
+
+
+def _headline(run: RunDir, tracker: Any, parent: str) -> None:
+    """What the runs table should show for a finished run (a sweep trial included), on its parent run: the
+    derived arch as a tag, and the whole network's cost at the paper's resolution beside the seed's own."""
+    from fnatune.arch import Arch
+
+    if run.arch_path.exists():
+        tracker.set_tags(parent, {"arch": Arch.load(run.arch_path).block_string()})
+    ex = run.done("export").get("metrics", {})
+    names = {"madds_paper_resolution": ("cost_GMAdds", 1e9), "params": ("params_M", 1e6),
+             "seed_madds_paper_resolution": ("seed_cost_GMAdds", 1e9), "seed_params": ("seed_params_M", 1e6)}
+    metrics = {name: float(ex[k]) / scale for k, (name, scale) in names.items() if ex.get(k) is not None}
+    if metrics:
+        tracker.log_metrics(parent, metrics)
 
 
 def variant_config(cfg: PipelineCfg, overrides: dict[str, Any], name: str) -> PipelineCfg:

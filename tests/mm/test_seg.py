@@ -129,6 +129,14 @@ def test_tiny_pipeline_runs_tracks_and_resumes(tmp_path: Path, monkeypatch: pyte
     assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"arch.json", "alpha_heatmap.png", "alpha"}
     parent = client.get_run(state["parent_run"])
     assert parent.data.params["search.epochs"] == "2" and "mIoU" in parent.data.metrics
+    # the runs table's columns: the derived arch, its cost beside the seed's, time per stage with units
+    from fnatune.arch import Arch
+
+    assert parent.data.tags["arch"] == Arch.load(run / "arch.json").block_string()
+    assert parent.data.metrics["cost_GMAdds"] == done["metrics"]["madds_paper_resolution"] / 1e9
+    assert parent.data.metrics["seed_cost_GMAdds"] == done["metrics"]["seed_madds_paper_resolution"] / 1e9
+    assert {"params_M", "seed_params_M", "time_search_s", "time_finetune_s"} <= set(parent.data.metrics)
+    assert "arch:" in res.output and "the seed's own arch:" in res.output and "time per stage:" in res.output
 
     # the same config in another run directory, with another seed cache (so the seed is pretrained again
     # from a different global RNG state), gives bit-identical results: every init is seeded
