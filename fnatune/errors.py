@@ -28,3 +28,7 @@ class RemapError(FnatuneError, ValueError):
 
 class MissingPathError(FnatuneError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class DataError(FnatuneError):
+    """A sample that cannot be loaded: it fails the same way on every retry, so a trial stops at once."""

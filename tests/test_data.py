@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fnatune.data.synthetic import (
@@ -77,3 +78,40 @@ def test_stream_leaves_the_global_torch_rng_alone() -> None:
     resumed = BatchStream(ds, 3, seed=4)
     resumed.load_state_dict({"pass": 1, "offset": 1})
     assert resumed.next()[0].tolist() == batches[4]
+
+
+class _Broken(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Sample 3 fails as a library would on a corrupt file; ``error`` says how."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == 3:
+            raise self.error
+        return torch.tensor([i])
+
+    def get_data_info(self, i: int) -> dict:
+        return {"img_path": f"/data/img{i}.png"}
+
+
+def test_a_sample_that_fails_to_load_is_a_data_error_naming_its_file_and_a_killed_worker_is_not() -> None:
+    """A decode error from a library stops a trial at once (a DataError is a FnatuneError: no Tune retry) and
+    names the batch's files, through Subsets; a killed DataLoader worker may pass and keeps its type."""
+    from fnatune.data.stream import BatchStream
+    from fnatune.errors import DataError
+
+    ds = torch.utils.data.Subset(_Broken(OSError("image file is truncated (5 bytes not processed)")), [0, 1, 3, 5])
+    stream = BatchStream(ds, 4, seed=0, shuffle=False)
+    with pytest.raises(DataError, match=r"batch 0 of pass 0 failed to load \(OSError: image file is truncated "
+                                        r"\(5 bytes not processed\)\); its samples: /data/img0.png, /data/img1.png, "
+                                        r"/data/img3.png, /data/img5.png$"):
+        stream.next()
+    assert stream.offset == 0  # nothing consumed: a resume retries the same batch
+    killed = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed.")
+    with pytest.raises(RuntimeError, match="is killed by signal") as info:
+        BatchStream(_Broken(killed), 8, seed=0, shuffle=False).next()
+    assert not isinstance(info.value, DataError)

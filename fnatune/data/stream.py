@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fnatune.errors import DataError, FnatuneError
+
 
 def _mix(*ints: int) -> int:
     """A 32-bit seed from several integers (stable across processes, unlike ``hash``)."""
@@ -99,13 +101,31 @@ class BatchStream:
             self._open()
         assert self._it is not None
         try:
-            batch = next(self._it)
+            batch = self._load()
         except StopIteration:
             self.pass_index, self.offset = self.pass_index + 1, 0
             self._open()
-            batch = next(self._it)
+            batch = self._load()
         self.offset += 1
         return batch
+
+    def _load(self) -> Any:
+        """The next batch. A sample that fails to load (a library's decode or transform error) fails the same
+        way on every try: it becomes a :class:`DataError` naming the batch's samples, which stops a trial
+        instead of sending it through Tune's retries. A killed worker process can pass, and stays as it is."""
+        assert self._it is not None
+        try:
+            return next(self._it)
+        except (StopIteration, FnatuneError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:
+            if "DataLoader worker" in str(e) and ("killed" in str(e) or "exited unexpectedly" in str(e)):
+                raise
+            batches = self._batches(self.pass_index)
+            where = [i for _, i in batches[self.offset]] if self.offset < len(batches) else []
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+            raise DataError(f"batch {self.offset} of pass {self.pass_index} failed to load ({type(e).__name__}: "
+                            f"{last}); its samples: {_describe(self.dataset, where)}") from e
 
     def state_dict(self) -> dict[str, int]:
         return {"pass": self.pass_index, "offset": self.offset}
@@ -113,6 +133,23 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.pass_index, self.offset = int(state["pass"]), int(state["offset"])
         self._it = None
+
+
+def _describe(dataset: Any, indices: Sequence[int]) -> str:
+    """The samples' files where the data set can say (mmengine sets: ``get_data_info(i)['img_path']``), else
+    their indices and the data set's type."""
+    base, idx = dataset, list(indices)
+    while hasattr(base, "indices") and hasattr(base, "dataset"):  # Subset(s)
+        idx = [int(base.indices[i]) for i in idx]
+        base = base.dataset
+    files = []
+    for i in idx:
+        try:
+            info = base.get_data_info(i)
+            files.append(str(info.get("img_path") or info.get("file_name") or i))
+        except Exception:
+            files.append(str(i))
+    return ", ".join(files) + ("" if hasattr(base, "get_data_info") else f" of a {type(base).__name__}")
 
 
 def stream_for(dataset: Any, batch_size: int, collate_fn: Callable[[list[Any]], Any] | None, seed: int,
