@@ -29,7 +29,8 @@ class _Outputs(nn.Module):
 
 def export_onnx(net: nn.Module, path: str | Path, input_size: Sequence[int], in_channels: int = 3, opset: int = 17,
                 check: bool = True, atol: float = 1e-4) -> dict[str, Any]:
-    """Export ``net`` (eval mode, batch 1) to ``path``; with ``check``, run it in onnxruntime and compare."""
+    """Export ``net`` (eval mode, batch 1) to ``path``; with ``check``, run it in onnxruntime and compare: the
+    largest difference must stay within ``atol`` times the outputs' largest magnitude (at least 1)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _Outputs(net).eval()
@@ -50,7 +51,12 @@ def export_onnx(net: nn.Module, path: str | Path, input_size: Sequence[int], in_
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"image": x.numpy()})
         diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+        # float32 rounding grows with the values: a randomly initialised net (Table 5's random targets) has
+        # features in the hundreds, where 1e-4 absolute is below what two correct runtimes agree on
+        scale = max([1.0] + [float(np.abs(r).max()) for r in ref])
         info["onnxruntime_max_abs_diff"] = diff
-        if diff > atol:
-            raise FnatuneError(f"ONNX export of {path} differs from PyTorch by {diff:.3g} (> {atol})")
+        info["onnxruntime_max_rel_diff"] = diff / scale
+        if diff > atol * scale:
+            raise FnatuneError(f"ONNX export of {path} differs from PyTorch by {diff:.3g} (> {atol} x the largest "
+                               f"output magnitude, {scale:.3g})")
     return info

@@ -46,6 +46,7 @@ def stage_export(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
         info = export_onnx(backbone, st.dir / "backbone.onnx", size, arch.skeleton.in_channels, ctx.cfg.export.opset)
         outputs["onnx"] = ctx.rel(st.dir / "backbone.onnx")
         metrics["onnxruntime_max_abs_diff"] = info["onnxruntime_max_abs_diff"]
+        metrics["onnxruntime_max_rel_diff"] = info["onnxruntime_max_rel_diff"]
         st.log_artifact(st.dir / "backbone.onnx")
     metrics.update(ctx.backend.whole_cost(arch))
     metrics["backbone_params"] = float(count_params(backbone))
