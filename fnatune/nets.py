@@ -389,7 +389,10 @@ class SuperNet(_Backbone):
             for p, _ in flags:
                 p.requires_grad_(id(p) in arch_ids)
             self.eval()
-            probe = torch.randn(2, like.shape[1], *self.PROBE_SIZE, device=like.device, dtype=like.dtype)
+            # a generator of its own: the global RNG drives the heads' dropout, and a resumed search must see
+            # the masks the uninterrupted one saw whenever this probe runs
+            gen = torch.Generator(device=like.device).manual_seed(0)
+            probe = torch.randn(2, like.shape[1], *self.PROBE_SIZE, device=like.device, dtype=like.dtype, generator=gen)
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 out = self(probe, temperature=1.0)
             del out

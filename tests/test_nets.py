@@ -197,7 +197,9 @@ def test_recompute_share_picks_the_layers_holding_the_most_activations() -> None
     x = torch.randn(2, 3, 32, 32)
     stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
     flags = [p.requires_grad for p in net.parameters()]
+    rng = torch.get_rng_state()
     held = net.activation_bytes(x)
+    assert torch.equal(rng, torch.get_rng_state())  # the heads' dropout draws from it: a resume must match
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())
     assert flags == [p.requires_grad for p in net.parameters()] and net.training
     assert set(held) == set(net.positions) and sum(b > 0 for b in held.values()) >= len(held) - 1  # the first: no grad flows in
