@@ -134,6 +134,9 @@ class MixedLayer(nn.Module):
         super().__init__()
         self.names = tuple(names)
         self.candidates = nn.ModuleList(ops)
+        # running the candidates twice gives the same result and leaves no trace (no BN running statistics)
+        self.recomputable = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                                    for m in self.candidates.modules())
 
     def forward_single(self, x: Tensor, index: int, want_expansion: bool = False) -> tuple[Tensor, Tensor | None]:
         op = self.candidates[index]
@@ -152,16 +155,6 @@ class MixedLayer(nn.Module):
             out = _RecomputedMix.apply(self, want_expansion, x, weights)
             return (out[0], out[1]) if want_expansion else (out, None)
         return self._mix(x, weights, want_expansion)
-
-    @property
-    def recomputable(self) -> bool:
-        """Running the candidates twice gives the same result and leaves no trace (no BN running statistics)."""
-        cached = self.__dict__.get("_recomputable")
-        if cached is None:
-            cached = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-                             for m in self.candidates.modules())
-            self.__dict__["_recomputable"] = cached
-        return cached
 
     def _mix(self, x: Tensor, weights: Tensor, want_expansion: bool) -> tuple[Tensor, Tensor | None]:
         out: Tensor | None = None
@@ -251,8 +244,6 @@ class SuperNet(_Backbone):
         recompute_mixed: float = 0.0,
     ) -> None:
         super().__init__()
-        self._recompute: set[tuple[int, int]] | None = set()
-        self._share = 0.0
         self.space = space
         sk = space.skeleton
         self.bn = bn or BNOptions(eps=sk.bn_eps)
@@ -260,6 +251,7 @@ class SuperNet(_Backbone):
         self._build_frame(sk, self.bn)
         self.positions = space.searchable_layers()
         self._pos_index = {p: i for i, p in enumerate(self.positions)}
+        self._plans: dict[float, set[tuple[int, int]]] = {0.0: set(), 1.0: set(self._pos_index)}  # share -> layers
         self.recompute_mixed = recompute_mixed
         self.stages = nn.ModuleList()
         for s, st in enumerate(space.stages):
@@ -345,9 +337,8 @@ class SuperNet(_Backbone):
         share = float(share)
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"recompute_mixed is a share of the mixed step's activations in [0, 1], got {share}")
-        self._share = share  # None: planned on the next mixed forward that records gradients (once per share)
-        plans = self.__dict__.setdefault("_plans", {0.0: set(), 1.0: set(self._pos_index)})
-        self._recompute = plans.get(share)
+        self._share = share
+        self._recompute = self._plans.get(share)  # None: planned on the next mixed forward recording gradients
 
     def _recompute_plan(self, x: Tensor) -> set[tuple[int, int]]:
         if self._recompute is None:
@@ -359,7 +350,7 @@ class SuperNet(_Backbone):
                     break
                 plan.add(pos)
                 freed += held[pos]
-            self._recompute = self.__dict__["_plans"][self._share] = plan
+            self._recompute = self._plans[self._share] = plan
         return self._recompute
 
     def activation_bytes(self, like: Tensor) -> dict[tuple[int, int], int]:

@@ -256,8 +256,9 @@ class SearchCfg(Section):
     weight_steps: int = Field(1, ge=1)
     temperature: float = Field(1.0, gt=0)         # mixing softmax(alpha/T) in arch steps and in E[cost]
     sample_temperature: float = Field(1.0, gt=0)  # path sampling softmax(alpha/T) in weight steps
-    # arch steps recompute each mixed layer's candidates in the backward pass instead of keeping them all
-    # (same gradients; the mixed step's peak memory falls to that of about one path: benchmarks/search_memory.py)
+    # arch steps recompute, in the backward pass, the candidates of the mixed layers that hold this share of
+    # the activations instead of keeping them (same gradients; 0.7: peak 1.7x a single path's instead of 6x, for
+    # 1.3x the arch step's time; 0 keeps everything, 1 recomputes every layer: benchmarks/search_memory.py)
     recompute_mixed: float = Field(0.7, ge=0, le=1)
     batch_size: int = Field(2, ge=1)
     repeat: int = Field(1, ge=1)      # an epoch = repeat x the arch split's batches (SSDLite: RepeatDataset x5)
