@@ -306,11 +306,14 @@ def _finish(run_dir: Path, result: dict[str, Any]) -> None:
     if result.get("table"):
         click.echo("\n" + result["table"])
     if state.get("tracking_uri"):  # empty when tracking is off
-        from fnatune.tracking import run_page
+        from fnatune.tracking import run_page, runs_table_page
 
         click.echo(f"  MLflow: run {state.get('parent_run')} in {state.get('tracking_uri')}")
         page = run_page(state["tracking_uri"], state.get("parent_run") or "")
         click.echo(f"  browse: fnatune ui --tracking-uri {state.get('tracking_uri')}" + (f", then {page}" if page else ""))
+        table = runs_table_page(state["tracking_uri"], state.get("parent_run") or "")
+        if table:
+            click.echo(f"  all runs: {table}")
     failed = [r["name"] for r in result.get("rows", []) if str(r.get("status", "")).startswith("failed")]
     if failed:  # the table is the result, but a script chaining on our exit code must not go on
         raise FnatuneError(f"{len(failed)} of {len(result['rows'])} trials failed ({', '.join(failed)}); after "
@@ -386,13 +389,16 @@ def ui(tracking_uri: str | None, host: str, port: int, print_command: bool) -> N
     """Start the MLflow UI for the run store, on 127.0.0.1."""
     import subprocess
 
-    from fnatune.tracking import default_tracking_uri, ui_command
+    from fnatune.tracking import default_tracking_uri, results_pages, ui_command
 
-    cmd = ui_command(tracking_uri or default_tracking_uri(), host, port)
+    uri = tracking_uri or default_tracking_uri()
+    cmd = ui_command(uri, host, port)
     if print_command:
         click.echo(" ".join(cmd))
         return
     click.echo(f"MLflow UI on http://{host}:{port}  (Ctrl-C to stop)")
+    for name, page in results_pages(uri, f"http://{host}:{port}"):
+        click.echo(f"  {name}: {page}")
     raise SystemExit(subprocess.call(cmd))
 
 

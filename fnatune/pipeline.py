@@ -41,24 +41,28 @@ def execute(cfg: PipelineCfg, run_dir: str | Path | RunDir, tracking_uri: str | 
     ctx = RunContext(cfg, run, tracker, parent, progress, reporter=reporter or Reporter(),
                      launcher=launcher or Launcher())
     result = run_stages(ctx, stages_for(cfg))
-    _headline(run, tracker, parent)
+    _headline(run, tracker, parent, cfg.metric_name())
     tracker.end_run(parent)
     return result
 
 
-def _headline(run: RunDir, tracker: Any, parent: str) -> None:
+def _headline(run: RunDir, tracker: Any, parent: str, metric: str) -> None:
     """What the runs table should show for a finished run (a sweep trial included), on its parent run: the
-    derived arch as a tag, and the whole network's cost at the paper's resolution beside the seed's own."""
+    derived arch as a tag, and the whole network's cost at the paper's resolution beside the seed's own;
+    and the experiment's saved view showing them as columns beside ``metric`` and the two long stages."""
     from fnatune.arch import Arch
+    from fnatune.tracking import view_columns
 
     if run.arch_path.exists():
         tracker.set_tags(parent, {"arch": Arch.load(run.arch_path).block_string()})
     ex = run.done("export").get("metrics", {})
     names = {"madds_paper_resolution": ("cost_GMAdds", 1e9), "params": ("params_M", 1e6),
              "seed_madds_paper_resolution": ("seed_cost_GMAdds", 1e9), "seed_params": ("seed_params_M", 1e6)}
-    metrics = {name: float(ex[k]) / scale for k, (name, scale) in names.items() if ex.get(k) is not None}
+    metrics = {name: round(float(ex[k]) / scale, 4) for k, (name, scale) in names.items() if ex.get(k) is not None}
     if metrics:
         tracker.log_metrics(parent, metrics)
+    tracker.show_columns(view_columns([metric, "cost_GMAdds", "seed_cost_GMAdds", "params_M", "seed_params_M",
+                                       "time_search_s", "time_finetune_s"], tags=["arch"]))
 
 
 def variant_config(cfg: PipelineCfg, overrides: dict[str, Any], name: str) -> PipelineCfg:

@@ -11,6 +11,7 @@ from typing import Any
 from fnatune.config import PipelineCfg
 from fnatune.io import atomic_write_json, atomic_write_text
 from fnatune.rundir import RunDir
+from fnatune.tracking import view_columns
 
 
 def _trial_row(run: RunDir) -> dict[str, Any]:
@@ -173,7 +174,8 @@ def summarise(cfg: PipelineCfg, run: RunDir, results: Sequence[Any], tracker: An
             for p in (run.pareto_path(".md"), plot):
                 tracker.log_artifact(parent, p)
             tracker.log_metrics(parent, {"pareto_size": float(len(front)),
-                                         f"best_{metric}": max(r["metrics"][metric] for r in front)})
+                                         f"best_{metric}": round(max(r["metrics"][metric] for r in front), 4)})
+            tracker.show_columns(view_columns([f"best_{metric}", "pareto_size"]))
     atomic_write_text(run.summary_path(kind), table)
     atomic_write_json(run.summary_path(kind, ".json"), rows)
     tracker.log_artifact(parent, run.summary_path(kind))

@@ -10,10 +10,13 @@ Default store: SQLite in the working directory (``sqlite:///<cwd>/mlflow.db``), 
 """
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,9 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
 
+    def show_columns(self, columns: Sequence[str]) -> None:
+        """Make sure the experiment's results view shows ``columns`` (keys from :func:`view_columns`)."""
+
     def run_exists(self, run_id: str) -> bool:
         return False
 
@@ -60,9 +66,35 @@ class NullTracker(Tracker):
         return f"null-{name}-{time.time_ns()}"
 
 
-# MLflow 3's UI opens an experiment on its GenAI "Traces" page unless the experiment says it holds model
-# training runs (the tag and value its web app reads, checked in mlflow 3.17.2's bundled UI)
+# Kept for MLflow versions that read it; 3.17's web app ignores it (its landing page comes from the URL's
+# ``workflowType`` or the browser's last choice, GenAI by default), so our links carry the mode themselves.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+# The runs table's saved view that fnatune keeps on each experiment: MLflow 3.x stores a shared view as an
+# experiment tag ``mlflow.sharedViewState.<key>`` holding {"name", "state": "deflate;" + base64(zlib(json))},
+# and opens it from ``#/experiments/<id>/runs?viewStateShareKey=<key>`` (format read from 3.17.2's web app).
+RESULTS_VIEW = "fnatune"
+_VIEW_TAG = f"mlflow.sharedViewState.{RESULTS_VIEW}"
+_VIEW_NAME = "fnatune: metric vs cost"
+_RUN_NAME_COLUMN = "attributes.`Run Name`"
+# opens the runs table in MLflow's "Model training" mode instead of its GenAI traces
+_ML_MODE = "workflowType=machine_learning"
+
+
+def encode_view_state(state: Mapping[str, Any]) -> str:
+    return "deflate;" + base64.b64encode(zlib.compress(json.dumps(state).encode())).decode()
+
+
+def decode_view_state(text: str) -> dict[str, Any]:
+    kind, _, body = text.partition(";")
+    raw = zlib.decompress(base64.b64decode(body)) if kind == "deflate" else text.encode()
+    return json.loads(raw)
+
+
+def view_columns(metrics: Sequence[str] = (), tags: Sequence[str] = (), params: Sequence[str] = ()) -> list[str]:
+    """Runs-table column keys as MLflow's UI spells them (``metrics.`mIoU```)."""
+    return ([f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
+            + [f"tags.`{t}`" for t in tags])
 
 
 class MlflowTracker(Tracker):
@@ -123,6 +155,40 @@ class MlflowTracker(Tracker):
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def show_columns(self, columns: Sequence[str]) -> None:
+        """Add the missing ``columns`` to the experiment's saved view :data:`RESULTS_VIEW`, creating it if
+        needed. Only adds: columns, order, widths, filters and sorting that a user changed in the UI and
+        saved over the view stay as they are, and runs of different tasks add their own headline metric."""
+        exp = self.client.get_experiment(self.experiment_id)
+        saved = exp.tags.get(_VIEW_TAG)
+        now = int(time.time() * 1000)
+        view: dict[str, Any] = {"name": _VIEW_NAME, "createdAt": now}
+        state: dict[str, Any] = {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
+                                 "selectedColumns": []}
+        if saved:
+            try:
+                view = json.loads(saved)
+                state = decode_view_state(view["state"])
+            except (ValueError, KeyError, TypeError, zlib.error):
+                pass  # a view we cannot read is replaced by ours rather than stopping a run
+        have = list(state.get("selectedColumns") or [])
+        missing = [c for c in columns if c not in have]
+        if saved and not missing:
+            return
+        state["selectedColumns"] = have + missing
+        # the table's order and widths apply to the columns listed in columnOrder only (3.17's grid): ours
+        # come right after the run's name, which is wide enough for a sweep trial's knobs, the arch wider still
+        order = list(state.get("columnOrder") or [_RUN_NAME_COLUMN])
+        state["columnOrder"] = order + [c for c in missing if c not in order]
+        widths = dict(state.get("columnWidths") or {})
+        widths.setdefault(_RUN_NAME_COLUMN, 250)
+        for c in missing:
+            if c.startswith("tags.`arch`"):
+                widths.setdefault(c, 500)
+        state["columnWidths"] = widths
+        view.update(state=encode_view_state(state), updatedAt=now)
+        self.client.set_experiment_tag(self.experiment_id, _VIEW_TAG, json.dumps(view))
+
     def run_exists(self, run_id: str) -> bool:
         """Whether the store has run ``run_id``. Only the store's own "does not exist" answer means no: any
         other failure (a tracking server that does not answer) raises, so a resumed run never forks its
@@ -151,17 +217,43 @@ def make_tracker(uri: str | None, experiment: str, enabled: bool = True) -> Trac
     return MlflowTracker(uri, experiment) if enabled else NullTracker()
 
 
-def run_page(uri: str, run_id: str, base: str = "http://127.0.0.1:5000") -> str | None:
-    """The run's page in the MLflow UI (``fnatune ui``'s default address); None if the store has no such run.
-    The runs' own pages, not the experiment's landing page: MLflow 3.17's UI opens experiments on GenAI traces."""
+def experiment_page(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs table with fnatune's saved view, in MLflow's "Model training" mode."""
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={RESULTS_VIEW}&{_ML_MODE}"
+
+
+def _experiment_of(uri: str, run_id: str) -> str | None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
-        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+        return MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
     except MlflowException:
         return None
-    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def run_page(uri: str, run_id: str, base: str = "http://127.0.0.1:5000") -> str | None:
+    """The run's page in the MLflow UI (``fnatune ui``'s default address); None if the store has no such run."""
+    exp = _experiment_of(uri, run_id)
+    return f"{base}/#/experiments/{exp}/runs/{run_id}?{_ML_MODE}" if exp else None
+
+
+def runs_table_page(uri: str, run_id: str, base: str = "http://127.0.0.1:5000") -> str | None:
+    """The runs table (fnatune's view) of the experiment that holds ``run_id``; None if there is no such run."""
+    exp = _experiment_of(uri, run_id)
+    return experiment_page(exp, base) if exp else None
+
+
+def results_pages(uri: str, base: str = "http://127.0.0.1:5000") -> list[tuple[str, str]]:
+    """(experiment name, runs-table page) for each experiment of the store that fnatune wrote to; none when
+    the store cannot be read (the UI itself then says why)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        exps = MlflowClient(tracking_uri=uri).search_experiments()
+    except Exception:
+        return []
+    return [(e.name, experiment_page(e.experiment_id, base)) for e in exps if _VIEW_TAG in e.tags]
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:

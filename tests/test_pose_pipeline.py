@@ -44,13 +44,22 @@ def test_tiny_pose_pipeline_runs_end_to_end_and_logs_its_ap(tmp_path: Path, monk
     parent = client.get_run(state["parent_run"])
     assert f"#/experiments/{parent.info.experiment_id}/runs/{state['parent_run']}" in res.output  # the run's page
     assert parent.data.params["task"] == "pose" and parent.data.params["pose.input_size"] == "[128, 96]"
-    assert parent.data.metrics["AP"] == pytest.approx(metrics["AP"])
+    assert parent.data.metrics["AP"] == round(metrics["AP"], 4)  # as the runs table shows it
     # the runs table's columns: size and cost beside the seed's own layout's, the arch, seconds per stage
-    assert parent.data.metrics["params_M"] == pytest.approx(export["params"] / 1e6)
-    assert parent.data.metrics["seed_params_M"] == pytest.approx(export["seed_params"] / 1e6)
-    assert parent.data.metrics["seed_madds_G"] > 0 and parent.data.metrics["madds_G"] > 0
-    assert parent.data.tags["fnatune.arch"] == Arch.from_dict(arch).block_string()
+    assert parent.data.metrics["params_M"] == round(export["params"] / 1e6, 4)
+    assert parent.data.metrics["seed_params_M"] == round(export["seed_params"] / 1e6, 4)
+    assert parent.data.metrics["seed_cost_GMAdds"] == round(export["seed_madds_paper_resolution"] / 1e9, 4)
+    assert parent.data.metrics["cost_GMAdds"] == round(export["madds_paper_resolution"] / 1e9, 4)
+    assert parent.data.tags["arch"] == Arch.from_dict(arch).block_string()
+    assert not {"madds_G", "seed_madds_G"} & set(parent.data.metrics)  # one name per figure
     assert all(parent.data.metrics[f"time_{s}_s"] > 0 for s in ("seed", "search", "finetune"))
+    # ... and the experiment's saved view that the printed "all runs:" link opens shows them
+    from fnatune.tracking import RESULTS_VIEW, decode_view_state
+
+    saved = json.loads(client.get_experiment(parent.info.experiment_id).tags[f"mlflow.sharedViewState.{RESULTS_VIEW}"])
+    columns = decode_view_state(saved["state"])["selectedColumns"]
+    assert columns[:2] == ["metrics.`AP`", "metrics.`cost_GMAdds`"] and "tags.`arch`" in columns
+    assert f"viewStateShareKey={RESULTS_VIEW}&workflowType=machine_learning" in res.output
     runs = client.search_runs([parent.info.experiment_id])
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run"]}
     assert children == {"data", "seed", "supernet", "search", "target", "finetune", "evaluate", "export"}

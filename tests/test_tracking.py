@@ -4,10 +4,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from fnatune.tracking import (
+    RESULTS_VIEW,
     MlflowTracker,
     NullTracker,
+    decode_view_state,
     default_tracking_uri,
+    encode_view_state,
+    experiment_page,
+    results_pages,
+    run_page,
+    runs_table_page,
     ui_command,
+    view_columns,
 )
 
 
@@ -72,9 +80,9 @@ def test_only_a_missing_run_is_reported_missing(tmp_path: Path, monkeypatch) -> 
         t.run_exists(run)
 
 
-def test_our_experiments_open_on_their_runs_in_mlflows_ui(tmp_path: Path) -> None:
-    """MLflow 3's UI shows an experiment without a kind as GenAI traces; ours are tagged as model training,
-    new ones when created, older ones (made before this tag) when next opened."""
+def test_our_experiments_keep_the_model_training_kind_tag(tmp_path: Path) -> None:
+    """Kept for MLflow versions that read ``mlflow.experimentKind``: new experiments get it when created,
+    older ones (made before this tag) when next opened."""
     uri = default_tracking_uri(tmp_path)
     t = MlflowTracker(uri, "new")
     assert t.client.get_experiment(t.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
@@ -82,3 +90,63 @@ def test_our_experiments_open_on_their_runs_in_mlflows_ui(tmp_path: Path) -> Non
     assert "mlflow.experimentKind" not in t.client.get_experiment(old).tags
     MlflowTracker(uri, "old")
     assert t.client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def _view(t: MlflowTracker) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    import json
+
+    saved = json.loads(t.client.get_experiment(t.experiment_id).tags[f"mlflow.sharedViewState.{RESULTS_VIEW}"])
+    return saved, decode_view_state(saved["state"])
+
+
+def test_the_results_view_is_a_saved_runs_table_view_with_our_columns(tmp_path: Path) -> None:
+    """MLflow 3.17's UI opens a shared view from the experiment tag ``mlflow.sharedViewState.<key>`` whose
+    state is zlib-compressed JSON; its ``selectedColumns`` are the runs table's extra columns."""
+    import base64
+    import json
+    import zlib
+
+    t = MlflowTracker(default_tracking_uri(tmp_path), "exp")
+    t.show_columns(view_columns(["mIoU", "cost_GMAdds"], tags=["arch"]))
+    saved, state = _view(t)
+    assert saved["name"] and saved["state"].startswith("deflate;")
+    assert json.loads(zlib.decompress(base64.b64decode(saved["state"][len("deflate;"):]))) == state
+    assert state["selectedColumns"] == ["metrics.`mIoU`", "metrics.`cost_GMAdds`", "tags.`arch`"]
+    assert state["orderByKey"] == "attributes.start_time" and state["orderByAsc"] is False
+    assert state["columnOrder"] == ["attributes.`Run Name`", *state["selectedColumns"]]
+    assert state["columnWidths"] == {"attributes.`Run Name`": 250, "tags.`arch`": 500}
+
+    # a user's edits saved over the view stay; runs of another task only add their metric
+    state["selectedColumns"] = ["tags.`arch`", "metrics.`mIoU`"]
+    state["columnOrder"] = ["tags.`arch`", "attributes.`Run Name`", "metrics.`mIoU`"]
+    state["columnWidths"] = {"tags.`arch`": 90}
+    state["searchFilter"] = "metrics.mIoU > 50"
+    saved["state"] = encode_view_state(state)
+    t.client.set_experiment_tag(t.experiment_id, f"mlflow.sharedViewState.{RESULTS_VIEW}", json.dumps(saved))
+    t.show_columns(view_columns(["bbox_mAP", "mIoU"]))
+    _, after = _view(t)
+    assert after["selectedColumns"] == ["tags.`arch`", "metrics.`mIoU`", "metrics.`bbox_mAP`"]
+    assert after["columnOrder"] == ["tags.`arch`", "attributes.`Run Name`", "metrics.`mIoU`", "metrics.`bbox_mAP`"]
+    assert after["columnWidths"] == {"tags.`arch`": 90, "attributes.`Run Name`": 250}
+    assert after["searchFilter"] == "metrics.mIoU > 50"
+
+    # an unreadable view is replaced, not a reason to stop a run
+    t.client.set_experiment_tag(t.experiment_id, f"mlflow.sharedViewState.{RESULTS_VIEW}", "{not json")
+    t.show_columns(view_columns(["mIoU"]))
+    assert _view(t)[1]["selectedColumns"] == ["metrics.`mIoU`"]
+
+
+def test_links_open_the_runs_table_in_model_training_mode(tmp_path: Path) -> None:
+    """3.17's UI ignores ``mlflow.experimentKind`` and lands on GenAI traces unless the URL names the mode."""
+    uri = default_tracking_uri(tmp_path)
+    t = MlflowTracker(uri, "exp")
+    MlflowTracker(uri, "other")  # no view: not one of the pages ``fnatune ui`` lists
+    run = t.start_run("r")
+    e = t.experiment_id
+    assert run_page(uri, run) == f"http://127.0.0.1:5000/#/experiments/{e}/runs/{run}?workflowType=machine_learning"
+    assert runs_table_page(uri, run, "http://h:1") == (
+        f"http://h:1/#/experiments/{e}/runs?viewStateShareKey={RESULTS_VIEW}&workflowType=machine_learning")
+    assert run_page(uri, "0" * 32) is None and runs_table_page(uri, "0" * 32) is None
+    assert results_pages(uri) == []
+    t.show_columns(view_columns(["mIoU"]))
+    assert results_pages(uri) == [("exp", experiment_page(e))]

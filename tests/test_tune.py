@@ -197,6 +197,38 @@ def test_ctrl_c_then_sigkill_mid_search_then_resume_gives_the_same_arch(in_workd
     assert json.loads((run / "arch.json").read_text()) == baseline_arch
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_trial_process_that_aborts_is_a_failed_run_not_a_success(in_workdir: Path) -> None:
+    """SIGABRT to the trial's worker in the middle of the search (``Fatal Python error: Aborted`` in the Tune
+    worker): with no retries left the run exits non-zero with the cause and the resume command, prints no
+    results, and marks nothing done that did not finish."""
+    run = in_workdir / "aborted"
+    log = in_workdir / "aborted.log"
+    env = {**os.environ, "FNATUNE_CACHE": str(in_workdir / "cache")}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fnatune.cli", "run", str(_micro(in_workdir)), "--run-dir",
+                                 str(run), "--set", "tune.retries=0", "--set", "tracking.enabled=false"],
+                                cwd=in_workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    try:
+        while not (run / "stages/search/alpha/epoch_000.json").exists():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the search did not start in time"
+            time.sleep(0.05)
+        os.kill(_trial_worker(proc.pid, deadline), signal.SIGABRT)
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert code == 2, text
+    assert "no retries left" in text and "results:" not in text, text
+    assert f"after fixing the cause: fnatune resume {run}" in text, text
+    assert "[2/8] seed: done" in text and not (run / "stages/search/done.json").exists()
+    assert not (run / "arch.json").exists()
+
+
 def _free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -19,6 +19,7 @@ def stage_evaluate(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     metrics = b.evaluate(model, b.val_set())
     atomic_write_json(st.dir / "metrics.json", metrics)
     st.log_artifact(st.dir / "metrics.json")
-    st.tracker.log_metrics(ctx.parent_run, dict(metrics))
+    # the runs table shows these as they come: 49.87, not float32's 49.869998931884766
+    st.tracker.log_metrics(ctx.parent_run, {k: round(float(v), 4) for k, v in metrics.items()})
     ctx.progress(f"  evaluate: {json.dumps({k: round(v, 2) for k, v in metrics.items()})}", force=True)
     return {"outputs": {"metrics": ctx.rel(st.dir / "metrics.json")}, "metrics": metrics}

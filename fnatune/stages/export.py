@@ -52,15 +52,7 @@ def stage_export(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     metrics["backbone_params"] = float(count_params(backbone))
     seed = _seed_cost(ctx)
     metrics.update({f"seed_{k}": v for k, v in seed.items()})
-    # the parent run's columns: the derived net's size and cost beside the seed's own layout's, and its arch
-    columns = {}
-    for prefix in ("", "seed_"):
-        if f"{prefix}params" in metrics:
-            columns[f"{prefix}params_M"] = metrics[f"{prefix}params"] / 1e6
-        if f"{prefix}madds_paper_resolution" in metrics:
-            columns[f"{prefix}madds_G"] = metrics[f"{prefix}madds_paper_resolution"] / 1e9
-    st.tracker.log_metrics(ctx.parent_run, columns)
-    st.tracker.set_tags(ctx.parent_run, {"fnatune.arch": arch.block_string()})
+    # the parent run's columns (arch tag, cost beside the seed's) are set once the run ends: pipeline._headline
     for p in (ctx.run.arch_path, pic, ctx.path("finetune", "backbone")):
         st.log_artifact(p)
     st.tracker.log_artifact(ctx.parent_run, ctx.run.arch_path)
