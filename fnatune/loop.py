@@ -114,14 +114,28 @@ class LoopCheckpoint:
         return path
 
     def load(self) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        if not self.path.exists():
+        if self.dp is not None:
+            # all ranks decide on the same file: without the first barrier a rank that starts late could see
+            # the checkpoint that rank 0, already past its load, saved after BN recalibration (and then look
+            # for its own rank file, which it never wrote); the second keeps rank 0 from saving before every
+            # rank has looked
+            self.dp.barrier()
+            found = self.path.exists()
+            self.dp.barrier()
+        else:
+            found = self.path.exists()
+        if not found:
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != self.fmt:
             raise FnatuneError(f"{self.path} is not a {self.fmt} checkpoint")
         own = None
         if not self.is_main:
-            own = torch.load(rank_file(self.path, self.dp.rank), map_location="cpu", weights_only=True)
+            mine = rank_file(self.path, self.dp.rank)
+            if not mine.exists():
+                raise FnatuneError(f"{self.path} was written by a run with fewer data-parallel workers: "
+                                   f"{mine.name} is missing; resume with the run's own worker count")
+            own = torch.load(mine, map_location="cpu", weights_only=True)
         return state, own
 
     def remove(self) -> None:

@@ -133,8 +133,8 @@ def test_tiny_pipeline_runs_tracks_and_resumes(tmp_path: Path, monkeypatch: pyte
     from fnatune.arch import Arch
 
     assert parent.data.tags["arch"] == Arch.load(run / "arch.json").block_string()
-    assert parent.data.metrics["cost_GMAdds"] == done["metrics"]["madds_paper_resolution"] / 1e9
-    assert parent.data.metrics["seed_cost_GMAdds"] == done["metrics"]["seed_madds_paper_resolution"] / 1e9
+    assert parent.data.metrics["cost_GMAdds"] == round(done["metrics"]["madds_paper_resolution"] / 1e9, 4)
+    assert parent.data.metrics["seed_cost_GMAdds"] == round(done["metrics"]["seed_madds_paper_resolution"] / 1e9, 4)
     assert {"params_M", "seed_params_M", "time_search_s", "time_finetune_s"} <= set(parent.data.metrics)
     assert "arch:" in res.output and "the seed's own arch:" in res.output and "time per stage:" in res.output
 
