@@ -279,6 +279,20 @@ _KNOWN_KEYS = {"fnatune_arch", "space", "in_channels", "stem", "tail_channels", 
                "stages", "blocks", "ops", "meta"}
 
 
+def _stage_count_hint(space_name: Any, n: int) -> str:
+    """``"; space 'x' has 7 stages, this arch 6 (a stage missing?)"`` when the arch names a registered space
+    whose stage count differs: the likeliest cause of a skeleton that does not hold together (a tap that
+    names a stage that is gone)."""
+    from fnatune.space_registry import get_space, list_spaces
+
+    if not isinstance(space_name, str) or space_name not in list_spaces():
+        return ""
+    want = len(get_space(space_name).stages)
+    if want == n:
+        return ""
+    return f"; space '{space_name}' has {want} stages, this arch {n} (a stage {'missing' if n < want else 'too many'}?)"
+
+
 def _arch_from_dict(d: Mapping[str, Any], source: str) -> Arch:
     unknown = sorted(set(d) - _KNOWN_KEYS)
     if unknown:
@@ -304,6 +318,8 @@ def _arch_from_dict(d: Mapping[str, Any], source: str) -> Arch:
                 taps=tuple(str(t) for t in d.get("taps", ())),
                 in_channels=int(d.get("in_channels", 3)),
             )
+        except ArchError as e:
+            raise ArchError(f"{e}{_stage_count_hint(space_name, len(stages))}") from None
         except (KeyError, TypeError, ValueError) as e:
             raise ArchError(f"malformed 'stages' entry ({type(e).__name__}: {e}); each stage needs "
                             "'out_channels', 'stride', 'dilation' and 'ops'") from None

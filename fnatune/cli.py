@@ -326,6 +326,15 @@ _ADDRESS = click.option("--address", default=None, metavar="HOST:PORT",
                              "for this run.")
 
 
+def _check_tracking(cfg: Any, tracking_uri: str | None) -> None:
+    """A tracking URI MLflow cannot use is refused here, before a run directory or Ray exists."""
+    from fnatune.tracking import check_tracking_uri
+
+    uri = tracking_uri or cfg.tracking.uri
+    if uri and cfg.tracking.enabled:
+        check_tracking_uri(uri)
+
+
 def _execute(cfg: Any, run_dir: Path, source: str, tracking_uri: str | None, address: str | None, resume: bool) -> None:
     from fnatune.experiment import run_experiment
 
@@ -357,6 +366,7 @@ def run(pipeline: Path, overrides: tuple[str, ...], run_dir: Path | None, tracki
 
     cfg = load_config(pipeline, list(overrides))
     check_sweep_keys(cfg, str(pipeline))
+    _check_tracking(cfg, tracking_uri)
     run_dir = run_dir or _default_run_dir(cfg.name)
     with RunDir(run_dir).owned():  # first: a run working here now is named, not mistaken for a finished one
         if RunDir(run_dir).exists():
@@ -375,6 +385,8 @@ def resume(run_dir: Path, tracking_uri: str | None, address: str | None) -> None
     the running ones continue from their last checkpoints."""
     run = RunDir(run_dir)
     cfg = run.read_config()
+    run.check()
+    _check_tracking(cfg, tracking_uri)
     with run.owned():
         click.echo(f"fnatune resume {run_dir}")
         _execute(cfg, run_dir, str(run.config_path), tracking_uri, address, resume=True)

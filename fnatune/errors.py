@@ -32,3 +32,8 @@ class MissingPathError(FnatuneError, FileNotFoundError):
 
 class DataError(FnatuneError):
     """A sample that cannot be loaded: it fails the same way on every retry, so a trial stops at once."""
+
+
+class DiskFullError(FnatuneError, OSError):
+    """A write failed for lack of space (or quota). The file it would have replaced is untouched, so the run
+    stops with the last good state on disk and ``fnatune resume`` continues once space is freed."""

@@ -261,6 +261,7 @@ def preflight(cfg: PipelineCfg) -> None:
     import torch
 
     from fnatune.pipeline import variant_config
+    from fnatune.stages.data import check_batches
     from fnatune.tasks import get_task
 
     configs = [cfg] + [variant_config(cfg, v.set, v.name) for v in cfg.variants]
@@ -273,7 +274,8 @@ def preflight(cfg: PipelineCfg) -> None:
         key = json.dumps([c.task, c.data.model_dump(mode="json")], sort_keys=True)
         if key not in seen:
             seen.add(key)
-            get_task(c.task).backend_for(c).prepare()
+            backend = get_task(c.task).backend_for(c)
+            check_batches(c, backend, backend.prepare())
 
 
 def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str | None = None,

@@ -83,20 +83,37 @@ class LatencyTable(CostTable):
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LatencyTable:
-        if d.get("kind") != "latency":
-            raise FnatuneError("not a latency table (expected kind: latency)")
-        layers = d["layers"]
-        return cls(tuple(d["input_size"]), [(x["stage"], x["layer"]) for x in layers],  # type: ignore[arg-type]
-                   [tuple(x["candidates"]) for x in layers], [list(x["candidates"].values()) for x in layers],
-                   float(d["fixed_ms"]), dict(d.get("meta", {})))
+    def from_dict(cls, d: Any) -> LatencyTable:
+        if not isinstance(d, dict) or d.get("kind") != "latency":
+            raise FnatuneError("not a latency table (expected a JSON object with kind: latency, as "
+                               "`fnatune lut build` writes)")
+        try:
+            layers = d["layers"]
+            return cls(tuple(d["input_size"]), [(x["stage"], x["layer"]) for x in layers],  # type: ignore[arg-type]
+                       [tuple(x["candidates"]) for x in layers], [list(x["candidates"].values()) for x in layers],
+                       float(d["fixed_ms"]), dict(d.get("meta", {})))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise FnatuneError(f"a latency table without the fields `fnatune lut build` writes ({type(e).__name__}: "
+                               f"{e}); build it again") from None
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A table ``fnatune lut build`` wrote, or one clear error naming the file."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FnatuneError(f"{p}: not a latency table: not valid JSON ({' '.join(str(e).split())[:100]}); "
+                               "build one with `fnatune lut build`") from None
+        except OSError as e:
+            raise FnatuneError(f"{p}: cannot be read ({e.strerror or e})") from None
+        try:
+            return cls.from_dict(data)
+        except FnatuneError as e:
+            raise FnatuneError(f"{p}: {e}") from None
 
 
 def _layer_input_shapes(supernet: nn.Module, size: Sequence[int], batch: int) -> dict[nn.Module, tuple[int, ...]]:

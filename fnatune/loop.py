@@ -7,7 +7,10 @@ checkpoint continues bit-identically on the CPU.
 """
 from __future__ import annotations
 
+import pickle
 import random
+import sys
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from torch import Tensor, nn
 
 from fnatune.config.sections import OptimCfg
 from fnatune.errors import FnatuneError
-from fnatune.io import atomic_torch_save
+from fnatune.io import atomic_torch_save, previous_path
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -84,6 +87,10 @@ def rank_file(path: Path, rank: int) -> Path:
     return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 
+class _Damaged(Exception):
+    """A checkpoint file that cannot be read back (its text says how it failed)."""
+
+
 class LoopCheckpoint:
     """The checkpoint of one loop in ``workdir``: format-tagged, atomic, per rank.
 
@@ -106,9 +113,9 @@ class LoopCheckpoint:
 
     def save(self, full: Callable[[], dict[str, Any]], own: Callable[[], dict[str, Any]]) -> Path:
         if self.is_main:
-            path = atomic_torch_save({"format": self.fmt, "version": 1, **full()}, self.path)
+            path = atomic_torch_save({"format": self.fmt, "version": 1, **full()}, self.path, keep_previous=True)
         else:
-            path = atomic_torch_save(own(), rank_file(self.path, self.dp.rank))
+            path = atomic_torch_save(own(), rank_file(self.path, self.dp.rank), keep_previous=True)
         if self.dp is not None:
             self.dp.barrier()  # every rank's state of this step is on disk before anyone moves on
         return path
@@ -126,21 +133,48 @@ class LoopCheckpoint:
             found = self.path.exists()
         if not found:
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != self.fmt:
-            raise FnatuneError(f"{self.path} is not a {self.fmt} checkpoint")
+        state, used = self._read(self.path, full=True)
         own = None
         if not self.is_main:
             mine = rank_file(self.path, self.dp.rank)
             if not mine.exists():
                 raise FnatuneError(f"{self.path} was written by a run with fewer data-parallel workers: "
                                    f"{mine.name} is missing; resume with the run's own worker count")
-            own = torch.load(mine, map_location="cpu", weights_only=True)
+            own, _ = self._read(mine if used == self.path else previous_path(mine), full=False)
         return state, own
 
+    def _read(self, path: Path, full: bool) -> tuple[dict[str, Any], Path]:
+        """``path``'s state, or, when it is damaged (a truncated copy, a disk error), the previous checkpoint's
+        with a line that says so; one clear error naming both when neither can be read."""
+        try:
+            return self._load_one(path, full), path
+        except _Damaged as e:
+            prev = previous_path(path)
+            if not prev.exists():
+                raise FnatuneError(f"{path} is damaged ({e}) and there is no earlier checkpoint; delete it to "
+                                   "start this stage over") from None
+            try:
+                state = self._load_one(prev, full)
+            except _Damaged as e2:
+                raise FnatuneError(f"{path} is damaged ({e}) and so is the earlier {prev.name} ({e2}); delete both "
+                                   "to start this stage over") from None
+            print(f"fnatune: {path} is damaged ({e}); continuing from the previous checkpoint, {prev.name}",
+                  file=sys.stderr, flush=True)
+            return state, prev
+
+    def _load_one(self, path: Path, full: bool) -> dict[str, Any]:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+            raise _Damaged(f"{type(e).__name__}: {' '.join(str(e).split())[:100]}") from None
+        if not isinstance(state, dict) or (full and state.get("format") != self.fmt):
+            raise FnatuneError(f"{path} is not a {self.fmt} checkpoint")
+        return state
+
     def remove(self) -> None:
-        """The loop is complete: its outputs stay, its checkpoint goes."""
+        """The loop is complete: its outputs stay, its checkpoint (and the one before it) goes."""
         self.path.unlink(missing_ok=True)
+        previous_path(self.path).unlink(missing_ok=True)
 
     def describe(self) -> str:
         """For error messages: the last good checkpoint, or that there is none yet."""

@@ -114,19 +114,33 @@ class RunDir:
         atomic_write_text(self.config_path, f"# resolved from {source}\n" + dump_config(cfg))
 
     def read_config(self) -> PipelineCfg:
-        import yaml
-
-        from fnatune.config import validate
+        from fnatune.config import read_yaml_mapping, validate
 
         if not self.config_path.exists():
             raise FnatuneError(f"{self.path} is not a fnatune run directory (no {self.CONFIG}); "
                                "start one with `fnatune run`")
-        return validate(yaml.safe_load(self.config_path.read_text()), str(self.config_path))
+        return validate(read_yaml_mapping(self.config_path, "run config"), str(self.config_path))
 
     # ------------------------------------------------------------------------------------- state
+    @staticmethod
+    def read_json(path: Path, remedy: str) -> dict[str, Any]:
+        """A run file written by fnatune (always atomically, so damage comes from outside: a disk error, an
+        editor, a copy cut short), or one clear line naming it and ``remedy``."""
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError, OSError) as e:
+            raise FnatuneError(f"{path} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                               f"{remedy}") from None
+        if not isinstance(data, dict):
+            raise FnatuneError(f"{path} is damaged (a JSON {type(data).__name__}, not an object); {remedy}")
+        return data
+
     def state(self) -> dict[str, Any]:
         p = self.path / self.STATE
-        return json.loads(p.read_text()) if p.exists() else {}
+        if not p.exists():
+            return {}
+        return self.read_json(p, "it holds the run's MLflow run ids: restore it from a backup, or delete it "
+                                 "to continue the run under new MLflow runs")
 
     def write_state(self, state: dict[str, Any]) -> None:
         atomic_write_json(self.path / self.STATE, state)
@@ -135,6 +149,15 @@ class RunDir:
         state = {**self.state(), **values}
         self.write_state(state)
         return state
+
+    def check(self) -> None:
+        """Read every file a resume reads (the state and each stage's record, of this run and of its trials and
+        variants), so a damaged one is one clear line naming it before anything starts."""
+        for state in sorted(self.path.glob(f"**/{self.STATE}")):
+            if "tune" not in state.relative_to(self.path).parts:
+                RunDir(state.parent).state()
+        for record in sorted(self.path.glob(f"**/stages/*/{self.DONE}")):
+            RunDir(record.parent.parent.parent)._done_record(record)
 
     # ------------------------------------------------------------------------------------- stages
     def stage_dir(self, name: str) -> Path:
@@ -146,7 +169,14 @@ class RunDir:
     def done(self, stage: str) -> dict[str, Any]:
         """The record of a finished stage: ``{"outputs", "metrics", "hours"}`` ({} while unfinished)."""
         p = self.stage_dir(stage) / self.DONE
-        return json.loads(p.read_text()) if p.exists() else {}
+        return self._done_record(p) if p.exists() else {}
+
+    def _done_record(self, p: Path) -> dict[str, Any]:
+        record = self.read_json(p, f"delete it and `fnatune resume {self.path}` runs stage '{p.parent.name}' again")
+        if not isinstance(record.get("outputs", {}), dict):
+            raise FnatuneError(f"{p} is damaged (its 'outputs' is no mapping); delete it and "
+                               f"`fnatune resume {self.path}` runs stage '{p.parent.name}' again")
+        return record
 
     def mark_done(self, stage: str, record: dict[str, Any]) -> None:
         atomic_write_json(self.stage_dir(stage) / self.DONE, record)
@@ -156,7 +186,7 @@ class RunDir:
 
     def stage_records(self) -> dict[str, dict[str, Any]]:
         """Every finished stage's record, by stage name."""
-        return {p.parent.name: json.loads(p.read_text()) for p in sorted(self.path.glob(f"stages/*/{self.DONE}"))}
+        return {p.parent.name: self._done_record(p) for p in sorted(self.path.glob(f"stages/*/{self.DONE}"))}
 
     def outputs(self, stage: str) -> dict[str, Any]:
         if not self.is_done(stage):
@@ -190,7 +220,7 @@ class RunDir:
     def trial_error(self) -> str | None:
         """The user error this run (a trial) stopped with, if any."""
         p = self.path / self.TRIAL_ERROR
-        return json.loads(p.read_text())["error"] if p.exists() else None
+        return str(self.read_json(p, "delete it").get("error")) if p.exists() else None
 
     def set_trial_error(self, message: str | None) -> None:
         p = self.path / self.TRIAL_ERROR

@@ -36,6 +36,50 @@ def _artifact_root(uri: str) -> str | None:
     return None  # other stores (a server, a folder) choose their own artifact location
 
 
+#: the store schemes MLflow 3.x opens (a plain path or file: is its folder store)
+_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc", "file")
+
+
+def check_tracking_uri(uri: str) -> str:
+    """``uri`` if MLflow can use it as a tracking store from here, else one :class:`FnatuneError` line that says
+    what is wrong with it: an unknown scheme (``localhost:5000`` lacks its ``http://``), a server address without
+    a host, a SQLite file whose folder cannot be created or written. Creates a SQLite store's folder."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter: a path
+        scheme = ""
+    if scheme not in _SCHEMES and scheme:
+        hint = f"; did you mean http://{uri}?" if parsed.path.isdigit() or (":" in uri and "/" not in uri) else ""
+        raise FnatuneError(f"tracking URI '{uri}': unknown scheme '{scheme}:' (expected sqlite:///PATH, http(s)://HOST:"
+                           f"PORT, postgresql://..., mysql://...){hint}")
+    if scheme in ("http", "https") and not parsed.netloc:
+        raise FnatuneError(f"tracking URI '{uri}': no host (expected {scheme}://HOST:PORT)")
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        raise FnatuneError(f"tracking URI '{uri}': a folder store, which MLflow 3.x keeps in maintenance mode and "
+                           f"refuses; use sqlite:///{(parsed.path or uri).rstrip('/')}/mlflow.db (or set "
+                           "MLFLOW_ALLOW_FILE_STORE=true)")
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            raise FnatuneError(f"tracking URI '{uri}': expected sqlite:///PATH (three slashes, then the file)")
+        db = Path(uri[len("sqlite:///"):])
+        if not str(db) or db.is_dir():
+            raise FnatuneError(f"tracking URI '{uri}': names a folder; name the database file in it, e.g. "
+                               f"sqlite:///{db / 'mlflow.db'}")
+        blocker = next((p for p in (db.parent, *db.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise FnatuneError(f"tracking URI '{uri}': {blocker} is a file, not a folder; choose another path")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FnatuneError(f"tracking URI '{uri}': its folder {db.parent} cannot be created ({e.strerror})") from None
+        if not os.access(db.parent, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            where = db if db.exists() else db.parent
+            raise FnatuneError(f"tracking URI '{uri}': {where} is not writable here; choose another path")
+    return uri
+
+
 class Tracker:
     """Records runs, params, metrics and artifacts. :class:`NullTracker` does nothing (tracking off)."""
 
@@ -105,18 +149,24 @@ class MlflowTracker(Tracker):
             from mlflow.tracking import MlflowClient
         except ImportError as e:  # pragma: no cover - mlflow is a core dependency
             raise FnatuneError("MLflow is not installed: pip install 'mlflow>=3.1'") from e
-        self.uri = uri or default_tracking_uri()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri),
-                                                               tags=dict([EXPERIMENT_KIND]))
-        else:
-            self.experiment_id = exp.experiment_id
-            if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
+        self.uri = check_tracking_uri(uri or default_tracking_uri())
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=_artifact_root(self.uri), tags=dict([EXPERIMENT_KIND]))
+            else:
+                self.experiment_id = exp.experiment_id
+                if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                    self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
+        except FnatuneError:
+            raise
+        except Exception as e:
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise FnatuneError(f"tracking URI '{self.uri}': MLflow cannot open its store ({type(e).__name__}: "
+                               f"{first.strip()[:200]}); fix --tracking-uri / tracking.uri, or set "
+                               "tracking.enabled=false") from None
 
     def start_run(self, name: str, parent_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         all_tags = dict(tags or {})

@@ -149,3 +149,110 @@ def test_cuda_on_a_machine_without_it_is_refused_before_ray_starts(tmp_path: Pat
                                     "--set", "device=cuda"])
     assert res.exit_code == 2 and "device: 'cuda' asked for, but CUDA is not available" in res.output, res.output
     assert "--set device=cpu" in res.output
+
+
+def _one_error_line(output: str) -> str:
+    """The one ``Error:`` line of a refused command (and no traceback)."""
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in output, output
+    return errors[0]
+
+
+@pytest.mark.parametrize("uri,expected", [
+    ("localhost:5000", r"unknown scheme 'localhost:' .*did you mean http://localhost:5000\?"),
+    ("http://", r"'http://': no host \(expected http://HOST:PORT\)"),
+    ("sqlite:///{tmp}/a_file/mlflow.db", r"a_file is a file, not a folder; choose another path"),
+    ("sqlite:///{tmp}", r"names a folder; name the database file in it"),
+    ("{tmp}/mlruns", r"a folder store, which MLflow 3\.x keeps in maintenance mode"),
+])
+def test_a_tracking_uri_mlflow_cannot_use_is_refused_before_the_run_starts(
+        uri: str, expected: str, tmp_path: Path, no_ray: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    (tmp_path / "a_file").write_text("")
+    res = CliRunner().invoke(main, ["run", str(ROOT / "pipelines/tiny/pose.yaml"), "--run-dir", "r",
+                                    "--tracking-uri", uri.format(tmp=tmp_path)])
+    assert res.exit_code == 2 and re.search(expected, _one_error_line(res.output)), res.output
+    assert not (tmp_path / "r").exists()  # refused before a run directory exists
+
+
+def test_a_latency_table_that_is_not_json_is_named(tmp_path: Path) -> None:
+    lut = tmp_path / "lut.json"
+    lut.write_text("{oops")
+    res = CliRunner().invoke(main, ["cost", "--arch", str(ROOT / "search_spaces/archs/fna_seg.json"), "--input", "64",
+                                    "--lut", str(lut)])
+    assert res.exit_code == 2, res.output
+    assert re.search(r"lut\.json: not a latency table: not valid JSON .*`fnatune lut build`", _one_error_line(res.output))
+    lut.write_text('{"kind": "latency"}')
+    res = CliRunner().invoke(main, ["cost", "--arch", str(ROOT / "search_spaces/archs/fna_seg.json"), "--input", "64",
+                                    "--lut", str(lut)])
+    assert res.exit_code == 2 and "without the fields `fnatune lut build` writes" in _one_error_line(res.output)
+
+
+@pytest.mark.parametrize("option,expected", [
+    ("width_mult=wide", r"option width_mult='wide' is text, where the model expects a number"),
+    ("widht_mult=1.0", r"seed 'mobilenet_v2' has no option 'widht_mult'"),
+])
+def test_a_seed_option_the_model_refuses_is_named(option: str, expected: str, tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["remap", "--seed", "mobilenet_v2", "--seed-option", option, "--space", "mbv2_det",
+                                    "--arch", "supernet", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and re.search(expected, _one_error_line(res.output)), res.output
+
+
+def test_an_arch_file_with_a_stage_removed_says_so(tmp_path: Path) -> None:
+    d = json.loads((ROOT / "search_spaces/archs/fna_seg.json").read_text())
+    d["stages"] = d["stages"][:-1]
+    (tmp_path / "cut.json").write_text(json.dumps(d))
+    res = CliRunner().invoke(main, ["cost", "--arch", str(tmp_path / "cut.json"), "--input", "64"])
+    assert res.exit_code == 2, res.output
+    assert "space 'mbv2_seg' has 7 stages, this arch 6 (a stage missing?)" in _one_error_line(res.output)
+    assert "each stage needs" not in res.output
+
+
+def test_a_data_set_smaller_than_a_batch_names_the_setting_before_ray_starts(tmp_path: Path, no_ray: None,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from fnatune.data.keypoints import generate_coco_keypoints
+
+    monkeypatch.chdir(tmp_path)
+    root = generate_coco_keypoints(tmp_path / "kp", 4, 2, (96, 128), seed=0, max_people=2)
+    args = ["run", str(ROOT / "pipelines/tiny/pose.yaml"), "--run-dir", "r", "--set", f"data.root={root}",
+            "--set", "data.generate=null"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert re.search(r"the search's (arch|weight)-step part of the train set has \d sample\(s\), fewer than one batch "
+                     r"of search\.batch_size=8: lower it \(--set search\.batch_size=\d\)", _one_error_line(res.output))
+    res = CliRunner().invoke(main, [*args, "--set", "search.batch_size=2"])
+    assert res.exit_code == 2 and re.search(r"the fine-tune's train set has \d sample\(s\), fewer than one batch of "
+                                            r"finetune\.batch_size=16", _one_error_line(res.output)), res.output
+    assert not (tmp_path / "r/run.json").exists()
+
+
+def _stopped_run(tmp_path: Path) -> Path:
+    """A run directory as a killed run leaves it: its config, its state, one finished stage."""
+    from fnatune.config import load_config
+    from fnatune.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.write_config(load_config(ROOT / "pipelines/tiny/pose.yaml"), "pose.yaml")
+    run.write_state({"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "parent_run": "x"})
+    run.mark_done("data", {"outputs": {}, "metrics": {}, "hours": 0.0})
+    return run.path
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda run: (run / "config.yaml").write_text("name: x\n  task: [pose\n"),
+     r"run/config\.yaml, line 2 column 7: not valid YAML"),
+    (lambda run: (run / "config.yaml").write_bytes(b"\xff\xfe\x00garbage"),
+     r"run/config\.yaml: cannot be read as a text file"),
+    (lambda run: (run / "run.json").write_text('{"tracking_uri": "sqlite:'),
+     r"run/run\.json is damaged \(JSONDecodeError: .*\); it holds the run's MLflow run ids"),
+    (lambda run: (run / "stages/data/done.json").write_text("[]"),
+     r"stages/data/done\.json is damaged \(a JSON list, not an object\); delete it and `fnatune resume .*` runs "
+     r"stage 'data' again"),
+])
+def test_damaged_run_files_are_named_when_the_run_is_resumed(damage: Callable[[Path], object], expected: str,
+                                                             tmp_path: Path, no_ray: None) -> None:
+    run = _stopped_run(tmp_path)
+    damage(run)
+    res = CliRunner().invoke(main, ["resume", str(run)])
+    assert res.exit_code == 2 and re.search(expected, _one_error_line(res.output)), res.output

@@ -157,3 +157,40 @@ def test_variants_apply_their_overrides() -> None:
             "seed_arch"} <= set(names)
     rnd = variant_config(cfg, next(v for v in cfg.variants if v.name == "random_finetune_init").set, "r")
     assert rnd.finetune.init == "random" and rnd.variants == []
+
+
+@pytest.mark.parametrize("setting,value,expected", [
+    ("search.weight_optim.lr", ".inf", r"search\.weight_optim\.lr: Input should be a finite number"),
+    ("finetune.optim.lr", ".nan", r"finetune\.optim\.lr: Input should be a finite number"),
+    ("search.weight_lr.warmup_epochs", "true", r"search\.weight_lr\.warmup_epochs: .*not true/false"),
+    ("finetune.iters", "false", r"finetune\.iters: .*not true/false"),
+    ("search.augment.scale", "[true, 128]", r"search\.augment\.scale: .*not true/false"),
+])
+def test_numbers_that_are_infinite_or_booleans_are_refused(setting: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(ROOT / "pipelines/tiny/seg.yaml", [f"{setting}={value}"])
+
+
+def test_true_and_false_stay_valid_where_a_flag_is_meant() -> None:
+    cfg = load_config(ROOT / "pipelines/tiny/seg.yaml", ["search.enabled=false", "arch=seed", "remap.noise=true"])
+    assert cfg.search.enabled is False and cfg.remap.noise is True
+
+
+def test_a_key_written_twice_is_named_with_both_lines(tmp_path: Path) -> None:
+    p = _write(tmp_path / "p.yaml", "name: a\ntask: seg\nsearch:\n  epochs: 4\n  batch_size: 2\n  epochs: 6\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: key 'epochs' is written twice in one mapping \(lines 4 and 6\)"):
+        load_config(p)
+
+
+def test_an_empty_pipeline_file_says_name_and_task_are_missing(tmp_path: Path) -> None:
+    p = _write(tmp_path / "empty.yaml", "")
+    with pytest.raises(ConfigError, match=r"'name' and 'task' are required .*; the file sets nothing"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"task: required, one of det, pose, seg"):
+        load_config(_write(tmp_path / "no_task.yaml", "name: a\n"))
+
+
+def test_a_yaml_syntax_error_names_its_line(tmp_path: Path) -> None:
+    p = _write(tmp_path / "bad.yaml", "name: x\n  task: seg\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml, line 2 column 7: not valid YAML: mapping values are not allowed"):
+        load_config(p)

@@ -69,3 +69,84 @@ def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
     net = ChildNet(tiny_space().sample(1)).eval()
     info = export_onnx(net, tmp_path / "b.onnx", (32, 32))
     assert info["onnxruntime_max_abs_diff"] < 1e-4 and info["outputs"] == [[1, 16, 4, 4]]
+
+
+def _fail_writes_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> list[int]:
+    """From the ``calls``-th checkpoint write on, the device is full: ``os.fsync`` of the temporary file raises
+    ENOSPC, as a full disk does when the data reaches it."""
+    import errno
+
+    from fnatune import io
+
+    seen = [0]
+    real = io.os.fsync
+
+    def fsync(fd: int) -> None:
+        seen[0] += 1
+        if seen[0] >= calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    return seen
+
+
+def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fnatune.errors import DiskFullError
+
+    full = _trainer(tmp_path / "full")
+    full.run()
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _fail_writes_after(m, 2)  # the checkpoint at iteration 4 is written, the one at 8 finds the disk full
+        with pytest.raises(DiskFullError, match=r"^no space left on the device writing .*cut/checkpoint\.pt \(the "
+                                                r"last good checkpoint\.pt is kept\); free space there, then resume"):
+            _trainer(cut).run()
+    assert sorted(p.name for p in cut.iterdir()) == ["checkpoint.pt"]  # no temporary file left behind
+    assert torch.load(cut / "checkpoint.pt", weights_only=True)["it"] == 4
+    resumed = _trainer(cut, seed=77)  # space freed: the run continues from iteration 4
+    resumed.run()
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one_and_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    full = _trainer(tmp_path / "full")
+    full.run()
+
+    class Kill(TrainObserver):
+        def on_step(self, info):  # type: ignore[no-untyped-def]
+            if info["it"] == 9:
+                raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(cut, observer=Kill()).run()
+    newest, previous = cut / "checkpoint.pt", cut / "checkpoint.prev.pt"
+    assert torch.load(newest, weights_only=True)["it"] == 8 and torch.load(previous, weights_only=True)["it"] == 4
+    newest.write_bytes(newest.read_bytes()[:1000])  # a copy cut short
+    resumed = _trainer(cut, seed=77)
+    resumed.run()
+    err = capsys.readouterr().err
+    assert f"{newest} is damaged (" in err and "continuing from the previous checkpoint, checkpoint.prev.pt" in err
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)  # iterations 4..8 ran again, to the same weights
+    resumed.ckpt.remove()  # what the stage does once the loop is complete
+    assert not previous.exists() and not newest.exists()
+
+
+def test_two_damaged_checkpoints_are_one_clear_error_naming_both(tmp_path: Path) -> None:
+    from fnatune.errors import FnatuneError
+    from fnatune.loop import LoopCheckpoint
+
+    ck = LoopCheckpoint(tmp_path, "fmt")
+    ck.save(full=lambda: {"it": 1}, own=dict)
+    ck.save(full=lambda: {"it": 2}, own=dict)
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut")
+    assert ck.load()[0]["it"] == 1
+    (tmp_path / "checkpoint.prev.pt").write_text("")
+    with pytest.raises(FnatuneError, match=r"checkpoint\.pt is damaged \(.*\) and so is the earlier "
+                                            r"checkpoint\.prev\.pt \(.*\); delete both to start this stage over"):
+        ck.load()

@@ -97,6 +97,10 @@ class PipelineCfg(Section):
 
         name = data.get("task")
         if not isinstance(name, str):
+            missing = [k for k in ("name", "task") if k not in data]
+            if len(missing) > 1:  # an empty file, or one whose keys all sit under a wrong indentation
+                raise ValueError(f"'name' and 'task' are required (e.g. name: my-run, task: seg; tasks: "
+                                 f"{', '.join(list_tasks())}); the file sets {sorted(data) or 'nothing'}")
             raise ValueError(f"task: required, one of {', '.join(list_tasks())} (e.g. task: seg)")
         try:
             task = get_task(name)
@@ -160,13 +164,44 @@ def pipeline_model() -> type[PipelineCfg]:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping that names one key twice."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key written twice in one mapping: YAML keeps the last one silently,
+    so ``lr: 0.1`` then ``lr: 0.01`` further down would run with a value the user may not have meant."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"key '{key}' is written twice in one mapping (lines {seen[key]} and {line}); "
+                                    "YAML would keep the second silently: keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_mapping(path: Path, what: str = "pipeline file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (``{}`` when empty), or one :class:`ConfigError` line that
+    names the file: missing, unreadable, not YAML, a key written twice, or a top level that is no mapping."""
     if not path.is_file():
-        raise ConfigError(f"pipeline file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        what = "; ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{path}{where}: not valid YAML: {what}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as a text file ({e})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -191,7 +226,7 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
@@ -303,5 +338,5 @@ __all__ = [
     "FinetuneCfg", "GenerateCfg", "LRCfg", "OptimCfg", "PipelineCfg", "PretrainCfg", "RemapCfg", "ResourcesCfg",
     "SearchCfg", "Section", "SeedCfg", "Size", "SplitCfg", "SweepCfg", "TrackingCfg", "TrainLoopCfg", "TuneCfg",
     "VariantCfg", "apply_overrides", "check_sweep_keys", "deep_merge", "dump_config", "flatten", "load_config",
-    "load_raw", "pipeline_model", "validate",
+    "load_raw", "pipeline_model", "read_yaml_mapping", "validate",
 ]

@@ -7,9 +7,11 @@ Every section forbids unknown keys, so a typo is an error that names the key pat
 """
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 INT64_MAX = 2**63 - 1
 
@@ -24,11 +26,34 @@ def _ints(value: Any) -> list[int]:
     return []
 
 
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated, and no count is
-    beyond what torch's 64-bit step counters hold (``finetune.iters=99999999999999999999`` is a typo, not a plan)."""
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type names ``bool`` anywhere (``bool``, ``bool | None``, ``list[bool]``, ``Any``)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(annotation))
+    if origin is not None or isinstance(annotation, types.UnionType):
+        return any(_admits_bool(a) for a in typing.get_args(annotation))
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)  # a section checks its own fields
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated, no number is infinite
+    or NaN (``lr: .inf``), no number or size is given as ``true``/``false`` (pydantic would read them as 1 and 0:
+    ``warmup_epochs: true`` is a mistake, not one epoch), and no count is beyond what torch's 64-bit step
+    counters hold (``finetune.iters=99999999999999999999`` is a typo, not a plan)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)):
+            field = cls.model_fields.get(info.field_name or "")
+            if field is not None and not _admits_bool(field.annotation):
+                raise ValueError("expected a number or a name, not true/false")
+        return value
 
     @field_validator("*", mode="after")
     @classmethod

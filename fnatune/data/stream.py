@@ -152,13 +152,23 @@ def _describe(dataset: Any, indices: Sequence[int]) -> str:
     return ", ".join(files) + ("" if hasattr(base, "get_data_info") else f" of a {type(base).__name__}")
 
 
+def require_batch(n: int, batch_size: int, setting: str, what: str) -> None:
+    """One clear line when ``what`` (``n`` samples) cannot fill one batch of ``setting`` (a config key such as
+    ``search.batch_size``): a small real data set is the user's to size, and the stream drops partial batches."""
+    if n < batch_size:
+        raise FnatuneError(f"{what} has {n} sample(s), fewer than one batch of {setting}={batch_size}: lower it "
+                           f"(--set {setting}={max(n, 1)}) or use a larger data set")
+
+
 def stream_for(dataset: Any, batch_size: int, collate_fn: Callable[[list[Any]], Any] | None, seed: int,
-               num_workers: int = 0, dp: Any = None) -> BatchStream:
+               num_workers: int = 0, dp: Any = None, setting: str = "batch_size",
+               what: str = "the data set") -> BatchStream:
     """A stage's batch stream. Data-parallel (``dp``, a :class:`~fnatune.distributed.DataParallel`): this
-    worker's shard, with the global batch split over the workers and a seed of its own."""
+    worker's shard, with the global batch split over the workers and a seed of its own. ``setting`` and
+    ``what`` name the batch size's config key and the data, for the error when one batch cannot be filled."""
+    require_batch(len(dataset), batch_size, setting, what)
     if dp is not None:
         from fnatune.distributed import shard
-        from fnatune.errors import FnatuneError
 
         if batch_size % dp.world:
             raise FnatuneError(f"batch size {batch_size} does not split over resources.workers={dp.world}; "

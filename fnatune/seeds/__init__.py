@@ -15,6 +15,7 @@ reference model's features (``features``), so every registered seed is checked a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,8 @@ def load_seed(name: str, weights: str | None = None, **model_kwargs: Any) -> See
     adapter = get_seed_adapter(name)
     try:
         reference = adapter.build(**model_kwargs)
-    except TypeError as e:
-        raise SeedError(f"seed '{name}' does not accept {sorted(model_kwargs)}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise SeedError(_option_problem(name, model_kwargs, e)) from None
     layout = adapter.layout(reference)
     ref_sd = reference.state_dict()
     optional = frozenset(layout.classifier_keys.values())
@@ -135,6 +136,21 @@ def load_seed(name: str, weights: str | None = None, **model_kwargs: Any) -> See
         classifier = {sfx: sd[k] for sfx, k in layout.classifier_keys.items()}
     return Seed(name, layout.arch, {k: v.detach().clone() for k, v in state.items()}, classifier, source,
                 meta={"model_kwargs": model_kwargs})
+
+
+def _option_problem(name: str, options: dict[str, Any], error: Exception) -> str:
+    """Say which seed option the reference model refused: an option it does not have, or a value of the wrong
+    kind (``width_mult=wide`` reaches torchvision as text, whose error is about string arithmetic)."""
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if unknown:
+        return f"seed '{name}' has no option '{unknown.group(1)}' ({describe_seed(name)})"
+    texts = {k: v for k, v in options.items() if isinstance(v, str)}
+    if texts:
+        given = ", ".join(f"{k}={v!r}" for k, v in texts.items())
+        return (f"seed '{name}': option {given} is text, where the model expects a number or a flag "
+                f"(e.g. width_mult=0.75)")
+    given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    return f"seed '{name}' refused its options {given}: {error}"
 
 
 def seed_from_net(name: str, net: nn.Module, source: str = "trained") -> Seed:

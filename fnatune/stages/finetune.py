@@ -12,6 +12,7 @@ from fnatune.arch import Arch
 from fnatune.data import stream_for
 from fnatune.framework import RunContext, StageHandle, eta
 from fnatune.io import atomic_torch_save
+from fnatune.stages.data import FINETUNE_SET
 
 
 def target_model(ctx: RunContext, weights: Path | None) -> tuple[nn.Module, Arch]:
@@ -53,7 +54,8 @@ def finetune_core(ctx: RunContext, st: StageHandle, dp: Any = None) -> dict[str,
                          f"batches in {info['seconds']:.1f} s", force=True)
             st.log_metrics({"bn_recalibration_s": info["seconds"]}, 0)
 
-    stream = stream_for(ds, f.batch_size, b.collate, ctx.cfg.seed * 2 + 3, ctx.cfg.data.num_workers, dp)
+    stream = stream_for(ds, f.batch_size, b.collate, ctx.cfg.seed * 2 + 3, ctx.cfg.data.num_workers, dp,
+                        "finetune.batch_size", FINETUNE_SET)
     evaluate = (lambda: b.evaluate(model, val)) if f.eval_every else None
     trainer = Trainer(model, b.loss_fn(model), stream, f, st.dir / "work", Obs(), evaluate, seed=ctx.cfg.seed, dp=dp)
     trainer.run()

@@ -14,6 +14,7 @@ from fnatune.data import stream_for
 from fnatune.framework import RunContext, StageHandle, eta
 from fnatune.io import atomic_torch_save, atomic_write_json
 from fnatune.space import get_space
+from fnatune.stages.data import SEARCH_PARTS
 
 
 def cost_table(ctx: RunContext, supernet: Any) -> CostTable:
@@ -48,8 +49,10 @@ def search_core(ctx: RunContext, st: StageHandle, dp: Any = None) -> dict[str, A
     model.to(dev)
     arch_ds, weight_ds = b.search_sets()
     workers = ctx.cfg.data.num_workers
-    arch_stream = stream_for(arch_ds, s.batch_size, b.collate, seed * 2 + 1, workers, dp)
-    weight_stream = stream_for(weight_ds, s.batch_size, b.collate, seed * 2 + 2, workers, dp)
+    arch_stream = stream_for(arch_ds, s.batch_size, b.collate, seed * 2 + 1, workers, dp, "search.batch_size",
+                             SEARCH_PARTS[0])
+    weight_stream = stream_for(weight_ds, s.batch_size, b.collate, seed * 2 + 2, workers, dp, "search.batch_size",
+                               SEARCH_PARTS[1])
     if dp is None or dp.is_main:
         atomic_write_json(st.dir / "cost_table.json", table.to_dict())
         st.log_artifact(st.dir / "cost_table.json")
