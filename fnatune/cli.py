@@ -289,6 +289,32 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def _tracking_lines(run: RunDir, uri: str, parent: str) -> None:
+    """Where the run's MLflow pages are: the server's own address for a tracking server, ``fnatune ui``'s for a
+    local store; and, when the store did not take everything, what waits and the command that sends it."""
+    from fnatune.outbox import Outbox, outbox_of
+    from fnatune.tracking import run_page, runs_table_page
+
+    box = Outbox(outbox_of(run.path))
+    parent = box.ids().get(parent, parent)
+    click.echo(f"  MLflow: run {parent} in {uri}")
+    waiting = box.size()
+    if waiting:
+        click.echo(f"  tracking: {waiting} record(s) did not reach {uri} (it did not answer); they wait in {box.dir}; "
+                   f"send them with: fnatune sync {run.path}")
+        return
+    server = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if server else "http://127.0.0.1:5000"
+    page = run_page(uri, parent, base)
+    if server:
+        click.echo(f"  browse: {page or base}")
+    else:
+        click.echo(f"  browse: fnatune ui --tracking-uri {uri}" + (f", then {page}" if page else ""))
+    table = runs_table_page(uri, parent, base)
+    if table:
+        click.echo(f"  all runs: {table}")
+
+
 def _finish(run_dir: Path, result: dict[str, Any]) -> None:
     run = RunDir(run_dir)
     state = run.state()
@@ -306,14 +332,7 @@ def _finish(run_dir: Path, result: dict[str, Any]) -> None:
     if result.get("table"):
         click.echo("\n" + result["table"])
     if state.get("tracking_uri"):  # empty when tracking is off
-        from fnatune.tracking import run_page, runs_table_page
-
-        click.echo(f"  MLflow: run {state.get('parent_run')} in {state.get('tracking_uri')}")
-        page = run_page(state["tracking_uri"], state.get("parent_run") or "")
-        click.echo(f"  browse: fnatune ui --tracking-uri {state.get('tracking_uri')}" + (f", then {page}" if page else ""))
-        table = runs_table_page(state["tracking_uri"], state.get("parent_run") or "")
-        if table:
-            click.echo(f"  all runs: {table}")
+        _tracking_lines(run, state["tracking_uri"], state.get("parent_run") or "")
     failed = [r["name"] for r in result.get("rows", []) if str(r.get("status", "")).startswith("failed")]
     if failed:  # the table is the result, but a script chaining on our exit code must not go on
         raise FnatuneError(f"{len(failed)} of {len(result['rows'])} trials failed ({', '.join(failed)}); after "
@@ -390,6 +409,33 @@ def resume(run_dir: Path, tracking_uri: str | None, address: str | None) -> None
     with run.owned():
         click.echo(f"fnatune resume {run_dir}")
         _execute(cfg, run_dir, str(run.config_path), tracking_uri, address, resume=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tracking-uri", default=None, help="Send to this store instead of the one the run recorded (the "
+                                                   "same store at a new address).")
+def sync(run_dir: Path, tracking_uri: str | None) -> None:
+    """Send the tracking records that a run kept while its MLflow store did not answer (params, metrics, tags,
+    artifacts, run ends), in the order they were made."""
+    from fnatune.outbox import Outbox, outbox_of
+    from fnatune.outbox import sync as deliver
+
+    if tracking_uri:
+        from fnatune.tracking import check_tracking_uri
+
+        check_tracking_uri(tracking_uri)
+    box = Outbox(outbox_of(run_dir))
+    sent, left, error = deliver(run_dir, tracking_uri)
+    if not sent and not left:
+        click.echo(f"{run_dir}: nothing waits to be sent")
+        return
+    uri = tracking_uri or box.store().get("uri")
+    click.echo(f"sent {sent} record(s) to {uri}" + (f"; {box.failed()} refused by the store, kept in "
+                                                     f"{box.dir / 'failed.jsonl'}" if box.failed() else ""))
+    if left:
+        raise FnatuneError(f"{left} record(s) still wait: {uri} does not answer ({error}); run `fnatune sync "
+                           f"{run_dir}` again once it does")
 
 
 @main.command()

@@ -44,9 +44,10 @@ from fnatune.framework import (
     worker_plan,
     worker_result,
 )
+from fnatune.outbox import make_tracker, outbox_of
 from fnatune.rundir import RunDir
 from fnatune.summary import knob_label
-from fnatune.tracking import default_tracking_uri, make_tracker
+from fnatune.tracking import default_tracking_uri
 
 STATE_FILE = "fnatune_state.json"  # inside a Tune checkpoint: which stage file it is, and its step
 
@@ -196,7 +197,8 @@ def run_trial(config: dict[str, Any], payload: TrialSpec) -> None:
     run.set_trial_error(None)
     try:
         execute(cfg, run, spec.uri, progress=progress, source=spec.source, parent_id=parent,
-                reporter=TrialReporter(run, cfg.tune.checkpoint_every_s), launcher=RayTrainLauncher(), run_name=name)
+                reporter=TrialReporter(run, cfg.tune.checkpoint_every_s), launcher=RayTrainLauncher(), run_name=name,
+                outbox=outbox_of(spec.run_dir))
     except FnatuneError as e:
         # a user error (config, data, install): a retry cannot fix it, so the trial ends here and the
         # driver reports the message; anything else propagates and Tune retries from the checkpoint
@@ -205,7 +207,9 @@ def run_trial(config: dict[str, Any], payload: TrialSpec) -> None:
     tags = {"fnatune.node_ip": info.node_ip, "fnatune.node_id": info.node_id, "fnatune.trial_id": info.trial_id}
     if spec.shape == "variants":
         tags["fnatune.variant"] = name or ""
-    make_tracker(spec.uri, spec.experiment, spec.tracking).set_tags(run.state()["parent_run"], tags)
+    tracker = make_tracker(spec.uri, spec.experiment, spec.tracking, outbox_of(spec.run_dir))
+    tracker.set_tags(run.state()["parent_run"], tags)
+    tracker.close()
 
 
 # ------------------------------------------------------------------------------------------ the driver
@@ -278,6 +282,34 @@ def preflight(cfg: PipelineCfg) -> None:
             check_batches(c, backend, backend.prepare())
 
 
+def memory_message(cfg: PipelineCfg, run: RunDir, gb: float) -> str:
+    """One line for a trial that Ray's memory monitor killed: where (the stage, the search's kind of step), how much
+    its worker held, and the settings that lower the peak."""
+    from fnatune.search import STEP_FILE
+    from fnatune.stages import stages_for
+
+    stage = next((name for name, _ in stages_for(cfg) if not run.is_done(name)), "?")
+    during = ""
+    step = run.stage_dir(stage) / "work" / STEP_FILE
+    try:
+        kind = json.loads(step.read_text()).get("kind", "") if stage == "search" else ""
+    except (OSError, ValueError):
+        kind = ""
+    if kind:
+        during = f" during its {kind} steps" + (" (every candidate of every layer at once)" if kind == "arch" else "")
+    held = "" if gb != gb else f", its worker holding {gb:.1f} GB"
+    s, f = cfg.search, cfg.finetune
+    if stage == "search":
+        lower = (f"lower search.batch_size (now {s.batch_size}) or the search's input size (search.augment), or "
+                 f"recompute more of the mixed layers (search.recompute_mixed, now {s.recompute_mixed:g}; 1 = all)")
+    elif stage == "finetune":
+        lower = f"lower finetune.batch_size (now {f.batch_size}) or the fine-tune's input size (finetune.augment)"
+    else:
+        lower = "give the trial a machine with more memory"
+    return (f"Ray's memory monitor killed the trial in stage '{stage}'{during}{held}: the machine ran short of "
+            f"memory; {lower}, then resume with `fnatune resume {run.path}`")
+
+
 def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str | None = None,
                    address: str | None = None, source: str = "<config>", resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a pipeline as Tune trials; see the module docstring. Returns the summary that
@@ -295,7 +327,7 @@ def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str |
     state = run.state()
     uri = tracking_uri or state.get("tracking_uri") or cfg.tracking.uri or default_tracking_uri()
     kind = shape(cfg)
-    tracker = make_tracker(uri, cfg.tracking.experiment, cfg.tracking.enabled)
+    tracker = make_tracker(uri, cfg.tracking.experiment, cfg.tracking.enabled, outbox_of(run.path))
     state["tracking_uri"] = tracker.uri
     parent = None
     if kind != "single":
@@ -321,6 +353,8 @@ def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str |
         # simply run again: every trial continues from its own directory (done stages, checkpoints).
         results = ft.run_trials(plan, resume=resume and kind == "sweep")
     if kind == "single":
+        if results and results[0].memory_gb is not None:
+            raise FnatuneError(memory_message(cfg, run, results[0].memory_gb))
         if run.trial_error():
             raise FnatuneError(run.trial_error())
         if results and results[0].error:
@@ -335,4 +369,5 @@ def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str |
 
     summary = summarise(cfg, run, results, tracker, state["parent_run"])
     tracker.end_run(state["parent_run"], "FINISHED" if any(r["complete"] for r in summary["rows"]) else "FAILED")
+    tracker.close()
     return {"shape": kind, **summary}

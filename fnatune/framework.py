@@ -212,12 +212,13 @@ class WorkerPlan:
     experiment: str
     parent_run: str
     run_id: str
+    outbox: str | None = None
 
 
 def worker_plan(ctx: RunContext, st: StageHandle, core: StageCore) -> WorkerPlan:
     return WorkerPlan(st.name, f"{core.__module__}:{core.__qualname__}", ctx.cfg.model_dump(mode="json", by_alias=True),
                       str(ctx.run.path), ctx.tracker.uri, ctx.cfg.tracking.enabled, ctx.cfg.tracking.experiment,
-                      ctx.parent_run, st.run_id)
+                      ctx.parent_run, st.run_id, None if ctx.tracker.outbox is None else str(ctx.tracker.outbox))
 
 
 def worker_result(st: StageHandle) -> Path:
@@ -230,12 +231,13 @@ def run_worker(plan: WorkerPlan) -> None:
     rank 0 tracks, reports progress and writes the result."""
     from fnatune.config import validate
     from fnatune.distributed import current
-    from fnatune.tracking import NullTracker, make_tracker
+    from fnatune.outbox import make_tracker
+    from fnatune.tracking import NullTracker
 
     dp = current()
     main = dp is None or dp.is_main
     cfg = validate(plan.cfg, "data-parallel worker config")
-    tracker = make_tracker(plan.tracking_uri, plan.experiment, plan.tracking) if main else NullTracker()
+    tracker = make_tracker(plan.tracking_uri, plan.experiment, plan.tracking, plan.outbox) if main else NullTracker()
     run = RunDir(plan.run_dir)
     ctx = RunContext(cfg, run, tracker, plan.parent_run, Progress() if main else Progress(lambda _: None))
     st = StageHandle(plan.stage, run.stage_dir(plan.stage), plan.run_id, tracker)

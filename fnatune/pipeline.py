@@ -11,16 +11,17 @@ from typing import Any
 
 from fnatune.config import PipelineCfg, apply_overrides, flatten, validate
 from fnatune.framework import Launcher, Progress, Reporter, RunContext, run_stages
+from fnatune.outbox import make_tracker, outbox_of
 from fnatune.rundir import RunDir
-from fnatune.tracking import make_tracker
 
 
 def execute(cfg: PipelineCfg, run_dir: str | Path | RunDir, tracking_uri: str | None = None,
             progress: Progress | None = None, source: str = "<config>", parent_id: str | None = None,
             reporter: Reporter | None = None, launcher: Launcher | None = None,
-            run_name: str | None = None) -> dict[str, Any]:
+            run_name: str | None = None, outbox: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) the stages of one pipeline in this process, tracked under one parent run (nested
-    under ``parent_id`` when given). Returns the stage records."""
+    under ``parent_id`` when given). Returns the stage records. What the tracking store cannot take waits in
+    ``outbox`` (default: the run directory's; a sweep's trials share their root's) and never fails the run."""
     from fnatune.stages import stages_for
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
@@ -28,7 +29,7 @@ def execute(cfg: PipelineCfg, run_dir: str | Path | RunDir, tracking_uri: str | 
     run.write_config(cfg, source)
     state = run.state()
     uri = tracking_uri or state.get("tracking_uri") or cfg.tracking.uri
-    tracker = make_tracker(uri, cfg.tracking.experiment, cfg.tracking.enabled)
+    tracker = make_tracker(uri, cfg.tracking.experiment, cfg.tracking.enabled, outbox or outbox_of(run.path))
     state["tracking_uri"] = tracker.uri
     parent = state.get("parent_run")
     if parent is None or not tracker.run_exists(parent):
@@ -43,6 +44,10 @@ def execute(cfg: PipelineCfg, run_dir: str | Path | RunDir, tracking_uri: str | 
     result = run_stages(ctx, stages_for(cfg))
     _headline(run, tracker, parent, cfg.metric_name())
     tracker.end_run(parent)
+    left = tracker.close()
+    if left:
+        progress(f"tracking: {left} record(s) wait for {tracker.uri} in {tracker.outbox} (it did not answer); "
+                 f"the run's results are complete in {run.path}", force=True)
     return result
 
 

@@ -26,6 +26,7 @@ bit-identical alpha on the CPU.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -53,7 +54,10 @@ from fnatune.loop import (
 from fnatune.nets import SuperNet
 from fnatune.schedule import LRSchedule, set_lr
 
-__all__ = ["NonFiniteLossError", "SearchObserver", "SearchResult", "Searcher", "alpha_entropy", "cost_term"]
+#: the search's current kind of step ({"kind": "arch" | "weight"}), in its work folder
+STEP_FILE = "step.json"
+
+__all__ = ["STEP_FILE", "NonFiniteLossError", "SearchObserver", "SearchResult", "Searcher", "alpha_entropy", "cost_term"]
 
 
 class SearchObserver:
@@ -85,6 +89,18 @@ def cost_term(cost: Tensor, c: CostCfg) -> Tensor:
     if c.target is None:
         return torch.log(c.gamma * cost) / math.log(c.log_base)
     return (torch.log(cost / c.target) / math.log(c.log_base)).abs()
+
+
+def _grad_norms(alphas: Sequence[Tensor], by_cost: Sequence[Tensor | None]) -> dict[str, float]:
+    """L2 norms of alpha's gradient from the task alone and from the cost term alone (the total minus the cost
+    term's), before clipping: the two forces of an arch step, for the epoch's ``cost_grad_share``."""
+    task = cost = 0.0
+    for a, c in zip(alphas, by_cost):
+        g = a.grad if a.grad is not None else torch.zeros_like(a)
+        c = c if c is not None else torch.zeros_like(a)
+        task += float((g - c).square().sum())
+        cost += float(c.square().sum())
+    return {"alpha_grad_task": math.sqrt(task), "alpha_grad_cost": math.sqrt(cost)}
 
 
 class Searcher:
@@ -168,6 +184,10 @@ class Searcher:
         if getattr(self, "_grad_side", None) == weights:
             return
         self._grad_side = weights
+        if self.dp is None or self.dp.is_main:  # what a run killed from outside (for memory) was doing; a plain
+            # write (no fsync): it is a hint for an error message, read only after the process is gone
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            (self.workdir / STEP_FILE).write_text(json.dumps({"kind": "weight" if weights else "arch"}))
         for p in self.weights:
             p.requires_grad_(weights)
         for a in self.alphas:
@@ -208,10 +228,16 @@ class Searcher:
             self.dp.broadcast_buffers(self.model)
         task = self.loss_fn(self.arch_stream.next())
         cost = self.cost.expected(self.alphas, self.s.temperature)
-        loss = task + self.s.cost.lam * self.cost_term(cost)
+        penalty = self.s.cost.lam * self.cost_term(cost)
+        loss = task + penalty
         self._check(loss, "arch")
         self.arch_opt.zero_grad(set_to_none=True)
+        # the cost term's own gradient (a small graph of alpha alone), so the epoch can say which of the two
+        # terms moves alpha; it leaves the step's arithmetic as it was
+        by_cost = (torch.autograd.grad(penalty, self.alphas, retain_graph=True, allow_unused=True)
+                   if penalty.requires_grad else [None] * len(self.alphas))
         loss.backward()
+        norms = _grad_norms(self.alphas, by_cost)
         if self.dp is not None:
             self.dp.average_grads(self.alphas)
         clip_gradients(self.alphas, self.s.arch_optim.grad_clip)
@@ -219,7 +245,7 @@ class Searcher:
         self.arch_opt.zero_grad(set_to_none=True)
         self.progress["arch_iter"] += 1
         return {"arch_loss": float(loss.detach()), "arch_task_loss": float(task.detach()),
-                "expected_cost": float(cost.detach())}
+                "expected_cost": float(cost.detach()), **norms}
 
     def cost_term(self, cost: Tensor) -> Tensor:
         """log_tau(gamma * C) (FNA_SPEC §5.3, §13.1), or |log_tau(C / target)| when a target cost is set
@@ -270,6 +296,9 @@ class Searcher:
         probs_t = [p.detach().cpu() for p in self.supernet.probabilities(self.s.temperature)]
         metrics = {k: v / self.acc["n_" + k] for k, v in self.acc.items() if not k.startswith("n_")}
         metrics["alpha_entropy"] = alpha_entropy(probs_t)
+        if "alpha_grad_cost" in metrics:  # 1: alpha moves by the cost term alone, 0: by the task alone
+            total = metrics["alpha_grad_cost"] + metrics["alpha_grad_task"]
+            metrics["cost_grad_share"] = metrics["alpha_grad_cost"] / total if total > 0 else 0.0
         with torch.no_grad():
             metrics["expected_cost"] = float(self.cost.expected(self.alphas, self.s.temperature))
         arch = self.supernet.derive()

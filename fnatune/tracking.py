@@ -80,10 +80,16 @@ def check_tracking_uri(uri: str) -> str:
     return uri
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking store failed in a way that can pass (a server down, a network error). Not a
+    :class:`~fnatune.errors.FnatuneError`: a Tune trial that hits it is retried from its checkpoint."""
+
+
 class Tracker:
     """Records runs, params, metrics and artifacts. :class:`NullTracker` does nothing (tracking off)."""
 
     uri: str = ""
+    outbox: Path | None = None  # the folder that keeps what the store could not take yet (fnatune.outbox)
 
     def start_run(self, name: str, parent_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         raise NotImplementedError
@@ -103,6 +109,10 @@ class Tracker:
 
     def run_exists(self, run_id: str) -> bool:
         return False
+
+    def close(self) -> int:
+        """Send what waits, if anything; returns how many records still wait (see :mod:`fnatune.outbox`)."""
+        return 0
 
 
 class NullTracker(Tracker):
@@ -182,10 +192,11 @@ class MlflowTracker(Tracker):
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None,
+                    timestamp: int | None = None) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = timestamp or int(time.time() * 1000)  # a record delivered late keeps the time it was made
         items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and math.isfinite(float(v))]
         if items:
@@ -202,8 +213,8 @@ class MlflowTracker(Tracker):
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
 
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+    def end_run(self, run_id: str, status: str = "FINISHED", end_time: int | None = None) -> None:
+        self.client.set_terminated(run_id, status=status, end_time=end_time)
 
     def show_columns(self, columns: Sequence[str]) -> None:
         """Add the missing ``columns`` to the experiment's saved view :data:`RESULTS_VIEW`, creating it if
@@ -258,13 +269,31 @@ class MlflowTracker(Tracker):
                                       f"({type(e).__name__}: {e})") from e
 
 
-class TrackingUnavailable(RuntimeError):
-    """The tracking store failed in a way that can pass (a server down, a network error). Not a
-    :class:`~fnatune.errors.FnatuneError`: a Tune trial that hits it is retried from its checkpoint."""
+#: what a store answers when it refused a record for good (the record is wrong, not the store away)
+_REFUSALS = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+                       "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",
+                       "CUSTOMER_UNAUTHORIZED", "FEATURE_DISABLED", "ENDPOINT_NOT_FOUND"})
 
 
-def make_tracker(uri: str | None, experiment: str, enabled: bool = True) -> Tracker:
-    return MlflowTracker(uri, experiment) if enabled else NullTracker()
+def is_transient(e: BaseException | None) -> bool:
+    """Whether a tracking failure can pass: the store away (a connection refused, a timeout, a 5xx), or busy
+    (SQLite's "database is locked"). A store's refusal of the record itself, or our own user error, cannot."""
+    if isinstance(e, TrackingUnavailable):
+        return True
+    if e is None or isinstance(e, FnatuneError):
+        return False
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover - mlflow is a core dependency
+        MlflowException = ()  # type: ignore[assignment]
+    if isinstance(e, MlflowException):
+        text = str(e)
+        if "database is locked" in text or "API request to" in text or "Max retries exceeded" in text:
+            return True
+        return e.error_code not in _REFUSALS
+    name = type(e).__name__
+    return isinstance(e, (OSError, TimeoutError)) or name in ("OperationalError", "ConnectionError", "Timeout",
+                                                              "ReadTimeout", "ConnectTimeout")
 
 
 def experiment_page(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -119,6 +120,16 @@ class TrialResult:
     config: dict[str, Any]
     metrics: dict[str, Any]
     error: str | None
+    memory_gb: float | None = None  # Ray's memory monitor killed the trial's worker, which held this much (nan: unsaid)
+
+
+def memory_kill(text: str) -> float | None:
+    """When ``text`` (a trial's error) says Ray's memory monitor killed its worker: the memory that worker held,
+    in GB (nan when the report does not say); None for any other error."""
+    if not any(k in text for k in ("OutOfMemoryError", "running low on memory", "killed due to memory pressure")):
+        return None
+    m = re.search(r"memory used=([\d.]+)\s*GB", text)
+    return float(m.group(1)) if m else float("nan")
 
 
 @dataclass(frozen=True)
@@ -308,18 +319,31 @@ class _Events(Callback):
     """One line per trial event (instead of Tune's tables and tracebacks), and a watch for trials that wait
     for resources longer than the timeout. Plain state: Tune pickles it into its experiment state."""
 
-    def __init__(self, retries: int, timeout: float) -> None:
-        self.retries, self.timeout = retries, timeout
-        self.state: dict[str, Any] = {"waiting_since": None, "timed_out": False}
+    def __init__(self, retries: int, timeout: float, single: bool = False) -> None:
+        self.retries, self.timeout, self.single = retries, timeout, single
+        self.state: dict[str, Any] = {"waiting_since": None, "timed_out": False, "memory": {}}
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         _echo(f"tune: trial {trial.trial_id} started {_short(trial.config)}")
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        gb = memory_kill(_error_of(trial))
+        if gb is not None:
+            # the same step would need the same memory again: no retry, the driver says what to lower
+            self.state["memory"][trial.trial_id] = gb
+            _echo(f"tune: trial {trial.trial_id} was killed by Ray's memory monitor{_gb(gb)}"
+                  + ("; not retried" if self.single else f"; retrying (attempt {trial.num_failures + 1} of "
+                                                          f"{self.retries + 1})"))
+            return
         _echo(f"tune: trial {trial.trial_id} failed ({_first_line(trial)}); retrying from its last checkpoint "
               f"(attempt {trial.num_failures + 1} of {self.retries + 1})")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        gb = memory_kill(_error_of(trial))
+        if gb is not None:
+            self.state["memory"][trial.trial_id] = gb
+            _echo(f"tune: trial {trial.trial_id} was killed by Ray's memory monitor{_gb(gb)}")
+            return
         _echo(f"tune: trial {trial.trial_id} failed ({_first_line(trial)}); no retries left")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -345,19 +369,26 @@ class _StopOnTimeout(Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return bool(self.watch.state["timed_out"])
+        # a single trial killed for memory ends the experiment instead of spending its retries on the same step
+        return bool(self.watch.state["timed_out"]) or (self.watch.single and bool(self.watch.state["memory"]))
 
 
 def _short(config: dict[str, Any]) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in config.items()) + ")" if config else ""
 
 
-def _first_line(trial: Any) -> str:
+def _error_of(trial: Any) -> str:
     err = trial.error_file if getattr(trial, "error_file", None) else None
-    if err and os.path.exists(err):
-        lines = [line for line in Path(err).read_text().splitlines() if line.strip()]
-        return lines[-1][:300] if lines else "error"
-    return "error"
+    return Path(err).read_text() if err and os.path.exists(err) else ""
+
+
+def _first_line(trial: Any) -> str:
+    lines = [line for line in _error_of(trial).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "error"
+
+
+def _gb(gb: float) -> str:
+    return "" if gb != gb else f" (its worker held {gb:.1f} GB)"
 
 
 def _resource_error(plan: TrialPlan, cluster: dict[str, float], waited: float | None) -> FnatuneError:
@@ -381,7 +412,7 @@ def run_trials(plan: TrialPlan, resume: bool = False) -> list[TrialResult]:
         raise _resource_error(plan, cluster, None)  # nothing will ever join a local Ray: say so now
     trainable = tune.with_resources(tune.with_parameters(plan.trainable, payload=plan.payload),
                                     plan.resources.asdict())
-    watch = _Events(plan.retries, plan.pending_timeout_s)
+    watch = _Events(plan.retries, plan.pending_timeout_s, single=plan.num_samples == 1 and not plan.params)
     run_config = tune.RunConfig(
         name=EXPERIMENT, storage_path=str(plan.storage.resolve()), verbose=0, callbacks=[watch],
         stop=_StopOnTimeout(watch), failure_config=tune.FailureConfig(max_failures=plan.retries),
@@ -411,9 +442,21 @@ def run_trials(plan: TrialPlan, resume: bool = False) -> list[TrialResult]:
     out = []
     for r in grid:
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
+        text = "" if r.error is None else _full_text(r.error)
+        gb = watch.state["memory"].get(trial_id, memory_kill(text))
         out.append(TrialResult(trial_id, dict(r.config or {}), dict(r.metrics or {}),
-                               None if r.error is None else _error_text(r.error)))
+                               None if r.error is None else _error_text(r.error), gb))
     return out
+
+
+def _full_text(err: BaseException) -> str:
+    """Every message in ``err``'s chain (Ray wraps the cause; the memory monitor's report is in one of them)."""
+    out, seen, e = [], set(), err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        out.append(f"{type(e).__name__}: {e}")
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return "\n".join(out)
 
 
 def _error_text(err: BaseException) -> str:

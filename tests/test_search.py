@@ -264,3 +264,47 @@ def test_recomputing_arch_steps_search_the_same_alphas(tmp_path) -> None:  # typ
             assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
     with pytest.raises(ValueError, match="less than or equal to 1"):
         SearchCfg.model_validate({"recompute_mixed": 1.5})
+
+
+def test_each_arch_step_measures_which_term_moves_alpha(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The task's and the cost term's gradients on alpha, separately: with lambda 0 the cost term contributes
+    nothing, with a huge lambda nearly everything; the two add up to the gradient the step applies."""
+    s = _searcher(tmp_path / "a")
+    s.model.train()
+    out = s.arch_step()
+    assert out["alpha_grad_cost"] > 0 and out["alpha_grad_task"] > 0
+    s0 = _searcher(tmp_path / "b", cost={"lambda": 0.0})
+    s0.model.train()
+    assert s0.arch_step()["alpha_grad_cost"] == 0.0
+    big = _searcher(tmp_path / "c", cost={"lambda": 1e4})
+    big.model.train()
+    out = big.arch_step()
+    assert out["alpha_grad_cost"] / (out["alpha_grad_cost"] + out["alpha_grad_task"]) > 0.99
+    # the decomposition is the applied gradient's: task + cost from a fresh step equals alpha's whole gradient
+    t = _searcher(tmp_path / "d")
+    t.model.train()
+    t._require(weights=False)
+    t.supernet.use_mixed(t.s.temperature)
+    loss = t.loss_fn(t.arch_stream.next()) + t.s.cost.lam * t.cost_term(t.cost.expected(t.alphas, t.s.temperature))
+    total = torch.autograd.grad(loss, t.alphas)
+    norm = math.sqrt(sum(float(g.square().sum()) for g in total))
+    t2 = _searcher(tmp_path / "e")
+    t2.model.train()
+    out = t2.arch_step()
+    assert norm <= out["alpha_grad_task"] + out["alpha_grad_cost"] + 1e-9  # the triangle inequality
+    assert norm >= abs(out["alpha_grad_task"] - out["alpha_grad_cost"]) - 1e-9
+
+
+def test_the_epoch_reports_the_cost_terms_share_of_alphas_gradient(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    epochs: list[dict] = []
+
+    class Obs(SearchObserver):
+        def on_epoch(self, epoch, metrics, probabilities, arch):  # type: ignore[no-untyped-def]
+            epochs.append(metrics)
+
+    _searcher(tmp_path / "a", observer=Obs(), cost={"lambda": 1e4}).run()
+    assert "cost_grad_share" not in epochs[0]  # warm-up: no arch step
+    assert all(m["cost_grad_share"] > 0.99 for m in epochs[1:])
+    epochs.clear()
+    _searcher(tmp_path / "b", observer=Obs(), cost={"lambda": 0.0}).run()
+    assert all(m["cost_grad_share"] == 0.0 for m in epochs[1:])

@@ -424,3 +424,30 @@ def test_cluster_yaml_passes_rays_own_validation() -> None:
     workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
     assert workers and all(w["max_workers"] > w.get("min_workers", 0) for w in workers)  # autoscaling
     assert any("mlflow server" in c for c in config["head_start_ray_commands"])
+
+
+def test_a_trial_killed_for_memory_is_one_line_with_where_how_much_and_what_to_lower(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Ray's memory monitor kills a worker with a report of some 80 lines; the driver says it in one."""
+    from fnatune.config import load_config
+    from fnatune.experiment import memory_message
+    from fnatune.rundir import RunDir
+    from fnatune.tune import memory_kill
+
+    report = ("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.\n"
+              "Memory on the node (IP: 127.0.0.1, ID: 4f2) where the lease (actor ID: 9a, name=ImplicitFunc.__init__, "
+              "pid=8080, actual memory used=16.7GB, worker ID=ee1) was running was 22.8GB / 24.0GB (0.95), which "
+              "exceeds the memory usage threshold of 0.95.\nTop 10 memory users:\nPID\tMEM(GB)\tCOMMAND\n...")
+    assert memory_kill(report) == 16.7
+    assert memory_kill("ValueError: a bug") is None
+    assert memory_kill("OutOfMemoryError: no figures") != memory_kill("OutOfMemoryError: no figures")  # nan
+    cfg = load_config(ROOT / "pipelines/tiny/pose.yaml", ["search.batch_size=2"])
+    run = RunDir(tmp_path / "run")
+    for stage in ("data", "seed", "supernet"):
+        run.mark_done(stage, {"outputs": {}, "metrics": {}, "hours": 0.0})
+    (run.stage_dir("search") / "work").mkdir(parents=True)
+    (run.stage_dir("search") / "work/step.json").write_text(json.dumps({"kind": "arch"}))
+    msg = memory_message(cfg, run, 16.7)
+    assert "\n" not in msg
+    assert msg.startswith("Ray's memory monitor killed the trial in stage 'search' during its arch steps")
+    assert "its worker holding 16.7 GB" in msg and "search.batch_size (now 2)" in msg
+    assert "search.recompute_mixed, now 0.7" in msg and f"fnatune resume {run.path}" in msg

@@ -16,6 +16,9 @@ from fnatune.io import atomic_torch_save, atomic_write_json
 from fnatune.space import get_space
 from fnatune.stages.data import SEARCH_PARTS
 
+#: the share of alpha's gradient from the cost term above which an epoch says that the task no longer decides
+COST_DOMINATES = 0.9
+
 
 def cost_table(ctx: RunContext, supernet: Any) -> CostTable:
     """The cost model of the search: MAdds at the task resolution, or latency measured on a device."""
@@ -76,6 +79,12 @@ def search_core(ctx: RunContext, st: StageHandle, dp: Any = None) -> dict[str, A
             ctx.progress(f"  search epoch {epoch + 1}: derived {arch.block_string()} "
                          f"(E[cost] {metrics['expected_cost']:.3f} {table.unit}, alpha entropy "
                          f"{metrics['alpha_entropy']:.3f})", force=True)
+            share = metrics.get("cost_grad_share", 0.0)
+            if share > COST_DOMINATES:
+                ctx.progress(f"  search epoch {epoch + 1}: the cost term moves alpha, not the task: its gradient is "
+                             f"{share / max(1 - share, 1e-9):.0f}x the task's (search.cost.lambda {s.cost.lam:g}), so the "
+                             "search heads for the cheapest ops; a smaller lambda (or search.cost.target) lets the task "
+                             "decide", force=True)
 
         def on_checkpoint(self, path: Path, progress: dict[str, Any]) -> None:
             ctx.reporter.checkpoint("search", path, progress)
