@@ -70,6 +70,26 @@ def _cases(work: Path) -> list[tuple[str, str, Callable[[Path], list[str]]]]:
     seg_img = "leftImg8bit/train/*/*_leftImg8bit.png"
     bad_yaml = work / "bad.yaml"
     bad_yaml.write_text("name: x\ntask: [seg\n")
+    empty = work / "empty.yaml"
+    empty.write_text("")
+    twice = work / "twice.yaml"
+    twice.write_text((TINY / "seg.yaml").read_text() + "\nname: again\n")
+    not_json = work / "lut.json"
+    not_json.write_text("{oops")
+    cut = work / "cut.json"
+    arch = json.loads((ROOT / "search_spaces/archs/fna_seg.json").read_text())
+    cut.write_text(json.dumps({**arch, "stages": arch["stages"][:-1]}))
+    (work / "a_file").write_text("")
+
+    def resume_damaged(root: Path) -> list[str]:
+        from fnatune.config import load_config
+        from fnatune.rundir import RunDir
+
+        run = RunDir(root.parent / "damaged")
+        run.write_config(load_config(TINY / "pose.yaml"), "pose.yaml")
+        run.write_state({"parent_run": "x"})
+        run.config_path.write_text("name: x\n  task: [pose\n")
+        return ["resume", str(run.path)]
     unknown_key = work / "unknown_key.yaml"
     unknown_key.write_text((TINY / "seg.yaml").read_text() + "\nsearhc: {epochs: 3}\n")
     return [
@@ -127,6 +147,22 @@ def _cases(work: Path) -> list[tuple[str, str, Callable[[Path], list[str]]]]:
         ("remap: seed that does not fit the space", "seg", lambda r: [
             "remap", "--seed", "resnet18", "--space", "mbv2_det", "--out", str(r.parent / "o")]),
         ("spaces: misspelt space", "seg", lambda r: ["spaces", "mbv2_dt"]),
+        # found by issue 26
+        ("config: empty pipeline file", "seg", lambda r: ["run", str(empty)]),
+        ("config: a key written twice", "seg", lambda r: ["run", str(twice)]),
+        ("config: lr .inf", "seg", run(seg, "finetune.optim.lr=.inf")),
+        ("config: warmup_epochs true", "seg", run(seg, "search.weight_lr.warmup_epochs=true")),
+        ("tracking: URI without scheme", "seg", lambda r: [*run(seg)(r), "--tracking-uri", "localhost:5000"]),
+        ("tracking: URI under a file", "seg", lambda r: [*run(seg)(r), "--tracking-uri",
+                                                         f"sqlite:///{work / 'a_file'}/mlflow.db"]),
+        ("cost: latency table not JSON", "seg", lambda r: ["cost", "--arch", str(ROOT / "search_spaces/archs/fna_seg.json"),
+                                                          "--input", "64", "--lut", str(not_json)]),
+        ("cost: arch with a stage removed", "seg", lambda r: ["cost", "--arch", str(cut), "--input", "64"]),
+        ("remap: seed option of the wrong kind", "seg", lambda r: [
+            "remap", "--seed", "mobilenet_v2", "--seed-option", "width_mult=wide", "--space", "mbv2_det",
+            "--out", str(r.parent / "o")]),
+        ("data: fewer samples than a batch", "pose", run(pose)),
+        ("resume: config.yaml not YAML", "seg", resume_damaged),
     ]
 
 
@@ -135,14 +171,14 @@ def _generate(kind: str, where: Path) -> Path:
         return generate_cityscapes(where, 2, 1, (32, 64), 0)
     if kind == "det":
         return generate_coco(where, 3, 2, (96, 128), seed=0, max_objects=2)
-    return generate_coco_keypoints(where, 3, 2, (96, 128), seed=0, max_people=2)
+    return generate_coco_keypoints(where, 4, 2, (96, 128), seed=0, max_people=2)  # fewer people than a batch
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="run the cases whose name contains this")
     args = ap.parse_args()
-    clear = 0
+    clear = fast = 0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cases = [c for c in _cases(work) if args.only in c[0]]
@@ -159,9 +195,10 @@ def main() -> None:
             errors = [line for line in out if line.startswith("Error: ")]
             one_line = proc.returncode != 0 and len(errors) == 1 and not any("Traceback" in x for x in out)
             clear += one_line
+            fast += one_line and took < 5.0
             print(f"{name:<46} exit {proc.returncode:>3}  {took:5.1f} s  {'clear' if one_line else 'UNCLEAR'}  "
                   f"{(errors or out or [''])[-1][:160]}", flush=True)
-    print(f"\n{clear} of {len(cases)} kinds of bad input answered with one clear line")
+    print(f"\n{clear} of {len(cases)} kinds of bad input answered with one clear line ({fast} of them in under 5 s)")
 
 
 if __name__ == "__main__":

@@ -146,6 +146,7 @@ class ResilientTracker(Tracker):
         # an MLflow server that is away would otherwise hold every call for minutes (7 retries with backoff,
         # a 120 s timeout); fnatune retries itself, from the outbox. And no "View run ... at" lines among ours.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri, self.experiment = uri, experiment
