@@ -103,8 +103,10 @@ def _inventory(uri: str, run_dir: Path) -> dict[str, Any]:
                                          filter_string=f"tags.`mlflow.parentRunId` = '{r.info.run_id}'")]
         for run in family:
             name = "parent" if run is r else run.info.run_name
-            out[name] = ({k for k in run.data.params},
-                         {k: len(client.get_metric_history(run.info.run_id, k)) for k in run.data.metrics},
+            metrics = {k: len(client.get_metric_history(run.info.run_id, k)) for k in run.data.metrics}
+            if name == "seed":  # the first run pretrains the toy seed (pretrain_loss, ...), the others read the cache
+                metrics = {k: n for k, n in metrics.items() if not k.startswith("pretrain_")}
+            out[name] = ({k for k in run.data.params}, metrics,
                          sorted(a.path for a in client.list_artifacts(run.info.run_id)), run.info.status)
     return out
 

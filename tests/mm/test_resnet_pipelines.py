@@ -36,7 +36,8 @@ PRETRAIN = ["pretrain.iters=300"]
 @pytest.mark.parametrize("pipeline,metric,bar,smaller", [
     # this run: 50.8 mIoU (the demo, 240 fine-tune iterations: 69.0)
     ("seg_resnet", "mIoU", 20.0, ["finetune.iters=60", "search.epochs=2", "search.warmup_epochs=1"]),
-    # this run: 32.8 (the demo as shipped: 23.7, with batches of 8); a broken detector scores 0
+    # this run: 0.0 since the search moves alpha (issue 26; 32.8 before, with a near-random arch); the seed's own
+    # layout reaches 29.0 with these settings; a broken detector scores 0
     ("det_resnet", "bbox_mAP", 10.0, ["search.epochs=2", "search.warmup_epochs=1", "finetune.batch_size=4"]),
 ])
 def test_tiny_resnet_pipeline_runs_end_to_end_and_logs_its_metric(pipeline: str, metric: str, bar: float,
@@ -65,8 +66,9 @@ def test_tiny_resnet_pipeline_runs_end_to_end_and_logs_its_metric(pipeline: str,
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run"]}
     assert children == {"data", "seed", "supernet", "search", "target", "finetune", "evaluate", "export"}
     if pipeline == "det_resnet" and metrics[metric] <= bar:
-        # Known regression found on 2026-12-03 (issue 17's closing note): the tiny ResNet RetinaNet now finds no
-        # box above its score threshold (0 mAP; the demo config too, after 500 fine-tune iterations, loss 1.6 ->
-        # 0.94), where this test measured 32.8 before. Everything above still holds; the bar is for the next fix.
-        pytest.xfail(f"tiny det_resnet scores {metrics[metric]} {metric} (regression, see issue 17's note)")
+        # Known and open (issue 26 item 1): the search's cost term no longer decides alone (lambda 5e-4, its share of
+        # alpha's gradient 0.45 instead of 0.97), but the derived arch still holds 2-group blocks, remapped from the
+        # dense seed as its block diagonal, and such a target does not break through within this fine-tune (0 mAP at
+        # 500 iterations, 0.5 at 900; the seed's own layout: 29.0 at 500). Everything above still holds.
+        pytest.xfail(f"tiny det_resnet scores {metrics[metric]} {metric} (open: issue 26 item 1)")
     assert metrics[metric] > bar, metrics
