@@ -173,6 +173,9 @@ class MlflowTracker(Tracker):
         except FnatuneError:
             raise
         except Exception as e:
+            if is_transient(e):  # a server that is away: fnatune.outbox waits for it; not the URI's fault
+                raise TrackingUnavailable(f"MLflow at {self.uri} does not answer ({type(e).__name__}: "
+                                          f"{' '.join(str(e).split())[:200]})") from e
             first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise FnatuneError(f"tracking URI '{self.uri}': MLflow cannot open its store ({type(e).__name__}: "
                                f"{first.strip()[:200]}); fix --tracking-uri / tracking.uri, or set "

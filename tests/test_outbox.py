@@ -220,3 +220,11 @@ def test_eight_concurrent_trials_on_the_default_sqlite_store_lose_nothing(tmp_pa
             assert len(client.get_metric_history(r.info.run_id, "loss")) == 12 and r.info.status == "FINISHED"
         t = client.get_run(trial)
         assert len(t.data.metrics) == 9 and t.info.status == "FINISHED" and t.data.params["trial"] != ""
+
+
+def test_a_server_that_is_away_when_the_tracker_starts_is_waited_for_not_an_error(tmp_path: Path) -> None:
+    """A trial that starts (or ends) while the server is down builds its tracker then: that must queue, not
+    fail the trial as a bad URI would (the outage test's second run caught this)."""
+    t = ResilientTracker("http://127.0.0.1:9", "exp", tmp_path / "out", retry_s=3600.0)  # nothing listens on 9
+    run = t.start_run("pipeline")
+    assert is_pending(run) and t.last_error and Outbox(tmp_path / "out").size() == 1
