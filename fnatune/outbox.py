@@ -202,7 +202,7 @@ class ResilientTracker(Tracker):
         try:
             return _apply(store, record, self.box.ids())
         except _Unresolved:
-            pass
+            pass  # it names a run that still waits in the outbox (another process's): it queues behind it
         except Exception as e:
             if not is_transient(e):
                 raise
