@@ -64,8 +64,10 @@ def test_two_gloo_workers_keep_alpha_and_paths_identical(tmp_path: Path) -> None
     assert any(a.abs().max() > 0 for a in r0["alpha"])                # alpha moved during the two search epochs
     assert all(torch.equal(r0["params"][k], r1["params"][k]) for k in r0["params"])
     assert r0["seen"] != r1["seen"]                                   # each rank read its own shard
-    # rank 0 wrote the checkpoint, rank 1 only its RNG and data position beside it
-    assert {p.name for p in (tmp_path / "work").glob("checkpoint*.pt")} == {"checkpoint.pt", "checkpoint.rank1.pt"}
+    # rank 0 wrote the checkpoint, rank 1 only its RNG and data position beside it; each keeps the one before
+    # (the fallback when the newest is found damaged)
+    assert {p.name for p in (tmp_path / "work").glob("checkpoint*.pt")} == {
+        "checkpoint.pt", "checkpoint.rank1.pt", "checkpoint.prev.pt", "checkpoint.rank1.prev.pt"}
 
 
 def test_shards_are_disjoint_and_equally_long() -> None:
