@@ -13,7 +13,9 @@ from torch import Tensor, nn
 
 from fnatune.errors import ArchError
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu6": nn.ReLU6, "relu": nn.ReLU}
+# hswish and silu are the NAS networks' (MobileNetV3, EfficientNet; FNA_SPEC §14.2); the gates are SE's
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu6": nn.ReLU6, "relu": nn.ReLU, "hswish": nn.Hardswish, "silu": nn.SiLU}
+GATES: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "hsigmoid": nn.Hardsigmoid}
 
 
 def check_activation(act: str) -> str:
@@ -69,6 +71,23 @@ class ConvBNAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation as torchvision and timm build it: global average pool, 1x1 conv ``fc1`` (with
+    bias) to ``reduced`` channels, activation, 1x1 conv ``fc2`` (with bias) back, gate, and the input scaled
+    channel-wise by it. Child names ``fc1``/``fc2`` are torchvision's (timm: ``conv_reduce``/``conv_expand``)."""
+
+    def __init__(self, channels: int, reduced: int, act: str = "relu", gate: str = "sigmoid") -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.act = ACTIVATIONS[act]()
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+        self.gate = GATES[gate]()
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.fc2(self.act(self.fc1(s))))
+
+
 class Stem(ConvBNAct):
     """The stem: a KxK conv + BN + activation, then (ResNets) a 3x3 max-pool of stride ``pool``. The pool has no
     tensors, so a stem's state dict is a ConvBNAct's."""
@@ -85,6 +104,14 @@ class Stem(ConvBNAct):
 def same_out(size: int, stride: int) -> int:
     """Output length of a "same"-padded conv (padding ``dilation * (k - 1) / 2``) of ``stride``: ceil(size / stride)."""
     return -(-size // stride)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """``value`` rounded to the nearest multiple of ``divisor`` (at least ``divisor``), but never more than 10%
+    below ``value``: the channel rounding of MobileNetV2/V3 and EfficientNet (torchvision's ``_make_divisible``,
+    timm's ``make_divisible``)."""
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * value else new
 
 
 def conv_madds(c_in: int, c_out: int, kernel: int, out_hw: tuple[int, int], groups: int = 1, bias: bool = False) -> int:

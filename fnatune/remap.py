@@ -323,6 +323,20 @@ class TensorWriter:
                 action = "noise"
         dst.weight.copy_(new)
         self._record(dst.weight, src.weight, action)
+        if dst.bias is not None:
+            self.bias(src.bias, dst.bias, out_idx)
+
+    @torch.no_grad()
+    def bias(self, src: Tensor | None, dst: Tensor, idx: Tensor) -> None:
+        """A conv's bias (SE convs have them): the seed's entries ``idx`` into the first ``len(idx)``, every other
+        entry 0, so a new output channel starts from its (zero or noise) weights alone (FNA_SPEC §14.3)."""
+        if src is None:
+            dst.zero_()
+            self._record(dst, None, "expanded")
+            return
+        new, action = remap_vector(src, torch.zeros_like(dst), idx)
+        dst.copy_(new)
+        self._record(dst, src, action)
 
     @torch.no_grad()
     def bn(self, src: nn.BatchNorm2d, dst: nn.BatchNorm2d, idx: Tensor) -> None:

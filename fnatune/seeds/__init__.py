@@ -45,6 +45,8 @@ class SeedAdapter:
     features: Callable[[nn.Module, Tensor], Tensor]  # the reference model's last feature map (our last tap)
     torchvision_model: str | None = None  # name for torchvision.models.get_model_weights
     description: str = ""
+    # what travels with the seed from its library (timm: input mean/std, input size, classifier name)
+    meta: Callable[[nn.Module], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Seed:
 
         return atomic_torch_save({"format": SEED_FORMAT, "name": self.name, "arch": json.dumps(self.arch.to_dict()),
                                   "state_dict": self.state_dict, "classifier": self.classifier,
-                                  "source": self.source}, path)
+                                  "source": self.source, "meta": json.dumps(self.meta, default=str)}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Seed:
@@ -82,7 +84,8 @@ class Seed:
         d = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(d, dict) or d.get("format") != SEED_FORMAT:
             raise SeedError(f"{path} is not a fnatune seed file")
-        return cls(d["name"], Arch.from_dict(json.loads(d["arch"])), d["state_dict"], d["classifier"], d["source"])
+        return cls(d["name"], Arch.from_dict(json.loads(d["arch"])), d["state_dict"], d["classifier"], d["source"],
+                   json.loads(d.get("meta") or "{}"))
 
 
 SEED_FORMAT = "fnatune-seed"
@@ -114,6 +117,8 @@ def load_seed(name: str, weights: str | None = None, **model_kwargs: Any) -> See
     adapter = get_seed_adapter(name)
     try:
         reference = adapter.build(**model_kwargs)
+    except SeedError:
+        raise
     except (TypeError, ValueError) as e:
         raise SeedError(_option_problem(name, model_kwargs, e)) from None
     layout = adapter.layout(reference)
@@ -134,8 +139,8 @@ def load_seed(name: str, weights: str | None = None, **model_kwargs: Any) -> See
         k in sd and sd[k].shape == ref_sd[k].shape for k in layout.classifier_keys.values()
     ):
         classifier = {sfx: sd[k] for sfx, k in layout.classifier_keys.items()}
-    return Seed(name, layout.arch, {k: v.detach().clone() for k, v in state.items()}, classifier, source,
-                meta={"model_kwargs": model_kwargs})
+    meta = {"model_kwargs": model_kwargs, **(adapter.meta(reference) if adapter.meta else {})}
+    return Seed(name, layout.arch, {k: v.detach().clone() for k, v in state.items()}, classifier, source, meta=meta)
 
 
 def _option_problem(name: str, options: dict[str, Any], error: Exception) -> str:

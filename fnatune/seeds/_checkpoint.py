@@ -16,7 +16,7 @@ from torch import Tensor
 from fnatune.errors import MissingPathError, SeedError, UnknownNameError
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt", ".bin", ".tar")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt", ".bin", ".tar", ".safetensors")
 
 
 def looks_like_path(weights: str) -> bool:
@@ -29,6 +29,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     p = Path(path)
     if not p.is_file():
         raise MissingPathError(f"seed checkpoint '{p}' does not exist")
+    if p.suffix == ".safetensors":  # timm's and the Hub's format: tensors only, nothing to unpickle
+        return _read_safetensors(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -50,6 +52,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def _read_safetensors(p: Path) -> dict[str, Tensor]:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise SeedError(f"seed checkpoint '{p}' is a .safetensors file, which needs the safetensors package "
+                        "(pip install safetensors, or the timm extra)") from None
+    try:
+        return dict(load_file(str(p), device="cpu"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SeedError(f"cannot read seed checkpoint '{p}': {str(e).strip().splitlines()[0]}") from None
 
 
 def check_state_dict(

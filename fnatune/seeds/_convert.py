@@ -7,7 +7,7 @@ change) and the key map canonical -> original that copies the tensors across.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -28,12 +28,29 @@ class ConvBN:
 
 
 @dataclass(frozen=True)
+class SEParts:
+    """A squeeze-and-excitation module in the source model: its reduce and expand convs (both with bias) and how
+    its library sizes and gates it (FNA_SPEC §14.2): ``ratio`` of the block input (``from_hidden`` False:
+    EfficientNet, MnasNet-A1) or of the hidden width (True: MobileNetV3); ``hard_gate``: hard sigmoid with ReLU
+    inside (MobileNetV3), else sigmoid with the block's activation."""
+
+    fc1: str
+    fc2: str
+    ratio: float = 0.25
+    from_hidden: bool = False
+    hard_gate: bool = False
+
+
+@dataclass(frozen=True)
 class BlockParts:
-    """An inverted residual block in the source model: optional expand, depthwise, project."""
+    """An inverted residual block in the source model: optional expand, depthwise, optional SE, project; ``act``
+    is the block's activation where it differs from the network's (MobileNetV3's ReLU blocks)."""
 
     expand: ConvBN | None
     dw: ConvBN
     project: ConvBN
+    se: SEParts | None = None
+    act: str | None = None
 
 
 @dataclass
@@ -42,7 +59,8 @@ class SeedLayout:
 
     arch: Arch
     key_map: dict[str, str]  # canonical state-dict key -> source state-dict key
-    classifier_keys: dict[str, str] = field(default_factory=dict)  # "weight"/"bias" -> source key
+    # "weight"/"bias" (and "pre.weight"/"pre.bias" for a hidden pre-logits layer) -> source key
+    classifier_keys: dict[str, str] = field(default_factory=dict)
 
 
 def conv_bn_pairs(model: nn.Module, prefix: str) -> list[ConvBN]:
@@ -55,12 +73,58 @@ def conv_bn_pairs(model: nn.Module, prefix: str) -> list[ConvBN]:
     return [ConvBN(c, b) for c, b in zip(convs, bns)]
 
 
-def block_from_pairs(pairs: Sequence[ConvBN], where: str) -> BlockParts:
+def block_from_pairs(pairs: Sequence[ConvBN], where: str, se: SEParts | None = None, act: str | None = None
+                     ) -> BlockParts:
     if len(pairs) == 3:
-        return BlockParts(pairs[0], pairs[1], pairs[2])
+        return BlockParts(pairs[0], pairs[1], pairs[2], se, act)
     if len(pairs) == 2:
-        return BlockParts(None, pairs[0], pairs[1])
+        return BlockParts(None, pairs[0], pairs[1], se, act)
     raise SeedError(f"block '{where}' has {len(pairs)} conv+BN pairs; an inverted residual has 2 or 3")
+
+
+def bn_pairs_and_se(model: nn.Module, prefix: str, se_type: type[nn.Module] | tuple[type[nn.Module], ...],
+                    fc_names: tuple[str, str], ratio: float, from_hidden: bool, hard_gate: bool,
+                    act: str | None = None) -> BlockParts:
+    """An inverted residual whose SE module (if any) is of ``se_type`` with reduce/expand convs ``fc_names``:
+    its (conv, BN) pairs come from everything outside the SE, whose two biased convs have no BN."""
+    root = model.get_submodule(prefix)
+    se_mods = [n for n, m in root.named_modules() if isinstance(m, se_type)]
+    if len(se_mods) > 1:
+        raise SeedError(f"block '{prefix}' has {len(se_mods)} squeeze-and-excitation modules; one is expected")
+    inside = f"{se_mods[0]}." if se_mods else None
+    convs = [f"{prefix}.{n}" for n, m in root.named_modules()
+             if isinstance(m, nn.Conv2d) and not (inside and n.startswith(inside))]
+    bns = [f"{prefix}.{n}" for n, m in root.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if len(convs) != len(bns):
+        raise SeedError(f"block '{prefix}' has {len(convs)} convs outside its SE but {len(bns)} BNs; expected one "
+                        "BN per conv")
+    se = (SEParts(f"{prefix}.{se_mods[0]}.{fc_names[0]}", f"{prefix}.{se_mods[0]}.{fc_names[1]}", ratio,
+                  from_hidden, hard_gate) if se_mods else None)
+    return block_from_pairs([ConvBN(c, b) for c, b in zip(convs, bns)], prefix, se, act)
+
+
+def _block_op(b: BlockParts, conv: Callable[[str], nn.Conv2d], c_in: int, k: int, hidden: int, act: str) -> str:
+    """The op name of a source block, checked: its hidden and SE widths must be what the grammar computes from
+    its tokens, so that the canonical block built from the name has the source's shapes."""
+    block_act = b.act if b.act not in (None, act) else None
+    se = b.se
+    spec = MBCONV.spec(k, hidden / c_in, se.ratio if se else None, bool(se and se.from_hidden),
+                       bool(se and se.hard_gate), block_act, pw_expand=b.expand is not None)
+    if b.expand is None and spec.expansion != 1:
+        raise SeedError(f"block at '{b.dw.conv}' widens {c_in} to {hidden} channels without an expand conv")
+    if spec.hidden(c_in) != hidden:
+        raise SeedError(f"block at '{b.dw.conv}': hidden width {hidden} on {c_in} inputs is not round({c_in} x "
+                        f"expansion) for any expansion the op grammar writes")
+    if se is not None:
+        fc1, fc2 = conv(se.fc1), conv(se.fc2)
+        if fc1.in_channels != hidden or fc2.out_channels != hidden or fc1.kernel_size != (1, 1) or fc1.bias is None:
+            raise SeedError(f"block at '{b.dw.conv}': its SE '{se.fc1}' is not a pair of biased 1x1 convs on the "
+                            f"{hidden} hidden channels")
+        if fc1.out_channels != spec.se_width(c_in):
+            raise SeedError(f"block at '{b.dw.conv}': its SE reduces to {fc1.out_channels} channels, but '{spec.name}' "
+                            f"gives {spec.se_width(c_in)}; the seed's SE rounds its width in a way fnatune cannot "
+                            "express")
+    return spec.name
 
 
 def build_layout(
@@ -70,6 +134,7 @@ def build_layout(
     tail: ConvBN | None,
     act: str,
     classifier: str | None = None,
+    pre_logits: str | None = None,
 ) -> SeedLayout:
     mods = dict(model.named_modules())
 
@@ -94,11 +159,9 @@ def build_layout(
         if (dw.kernel_size[0] != dw.kernel_size[1] or dw.stride[0] != dw.stride[1]
                 or dw.groups != dw.in_channels or dw.padding[0] != dil * (k - 1) // 2):
             raise SeedError(f"block at '{b.dw.conv}' is not a square 'same'-padded depthwise conv; cannot convert")
-        if dw.in_channels % c_in:
-            raise SeedError(f"block at '{b.dw.conv}': hidden width {dw.in_channels} is not a multiple of {c_in}")
         if c_in != c_prev:
             raise SeedError(f"block at '{b.dw.conv}' takes {c_in} channels but the previous layer gives {c_prev}")
-        op = MBCONV.spec(k, dw.in_channels // c_in).name
+        op = _block_op(b, conv, c_in, k, dw.in_channels, act)
         new_stage = not shapes or stride != 1 or proj.out_channels != shapes[-1].out_channels
         if new_stage:
             shapes.append(StageShape(proj.out_channels, stride, dil))
@@ -109,6 +172,8 @@ def build_layout(
         if b.expand:
             pairs[f"{base}.expand.conv"], pairs[f"{base}.expand.bn"] = b.expand.conv, b.expand.bn
         pairs[f"{base}.dw.conv"], pairs[f"{base}.dw.bn"] = b.dw.conv, b.dw.bn
+        if b.se:
+            pairs[f"{base}.se.fc1"], pairs[f"{base}.se.fc2"] = b.se.fc1, b.se.fc2
         pairs[f"{base}.project.conv"], pairs[f"{base}.project.bn"] = b.project.conv, b.project.bn
         c_prev = proj.out_channels
     tail_channels = None
@@ -137,4 +202,7 @@ def build_layout(
     classifier_keys = {}
     if classifier is not None:
         classifier_keys = {sfx: f"{classifier}.{sfx}" for sfx in ("weight", "bias") if f"{classifier}.{sfx}" in source_keys}
+        if pre_logits is not None:  # a hidden layer between pooling and the logits (MobileNetV3's 960 -> 1280)
+            classifier_keys.update({f"pre.{sfx}": f"{pre_logits}.{sfx}" for sfx in ("weight", "bias")
+                                    if f"{pre_logits}.{sfx}" in source_keys})
     return SeedLayout(arch, key_map, classifier_keys)
