@@ -27,11 +27,12 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
 
 
-def _imports(path: Path, module: str, is_package: bool) -> list[tuple[str, list[str]]]:
-    """``(imported module, imported names)`` for every import statement outside TYPE_CHECKING blocks."""
+def _imports(path: Path, module: str, is_package: bool, type_only: bool = False) -> list[tuple[str, list[str]]]:
+    """``(imported module, imported names)`` for every import statement outside TYPE_CHECKING blocks (and inside
+    them too with ``type_only``)."""
     tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node)
-            for child in node.body for n in ast.walk(child)}
+    skip = set() if type_only else {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node)
+                                    for child in node.body for n in ast.walk(child)}
     out = []
     for node in ast.walk(tree):
         if id(node) in skip:
@@ -48,11 +49,11 @@ def _imports(path: Path, module: str, is_package: bool) -> list[tuple[str, list[
     return out
 
 
-def _graph() -> dict[str, set[str]]:
+def _graph(type_only: bool = False) -> dict[str, set[str]]:
     mods = _modules()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for mod, path in mods.items():
-        for base, names in _imports(path, mod, path.name == "__init__.py"):
+        for base, names in _imports(path, mod, path.name == "__init__.py", type_only):
             targets = [f"{base}.{n}" for n in names if f"{base}.{n}" in mods] or ([base] if base in mods else [])
             for t in targets:
                 if t != mod and not t.startswith(mod + "."):  # a package importing its own submodules is fine

@@ -30,8 +30,8 @@ from fnatune.errors import ArchError
 from fnatune.layers import BNOptions
 from fnatune.registry import Registry, import_submodules, load_plugins
 
-if TYPE_CHECKING:  # the writer is handed in by fnatune.remap; families never import it
-    from fnatune.remap import TensorWriter
+if TYPE_CHECKING:  # the writer (fnatune.tensor_rules, below this package) is handed in by fnatune.remap
+    from fnatune.tensor_rules import TensorWriter
 
 SKIP = "skip"
 

@@ -43,7 +43,7 @@ from fnatune.errors import ArchError, RemapError
 from fnatune.layers import ACTIVATIONS, BNOptions, ConvBNAct, SqueezeExcite, conv_madds, make_divisible, same_out
 
 if TYPE_CHECKING:
-    from fnatune.remap import TensorWriter
+    from fnatune.tensor_rules import TensorWriter
 
 _NUM = r"\d+(?:\.\d+)?"
 _TOKENS = {

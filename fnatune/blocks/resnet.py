@@ -29,7 +29,7 @@ from fnatune.errors import ArchError, RemapError
 from fnatune.layers import ACTIVATIONS, BNOptions, ConvBNAct, conv_madds, same_out
 
 if TYPE_CHECKING:
-    from fnatune.remap import TensorWriter
+    from fnatune.tensor_rules import TensorWriter
 
 _OP_RE = re.compile(r"^r_k(\d+)_g(\d+)(?:_e(\d+))?$")
 GROUP_COLOURS = {1: "#6a040f", 2: "#dc2f02", 4: "#f48c06"}
