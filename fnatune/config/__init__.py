@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ValidationError, create_model, model_validator
 
+from fnatune.config.pipeline import PipelineBase
 from fnatune.config.run import (
     DISTRIBUTIONS,
     AshaCfg,
@@ -55,36 +56,8 @@ class ConfigError(FnatuneError):
     """A pipeline file that cannot be read or does not match the schema."""
 
 
-class PipelineCfg(Section):
+class PipelineCfg(PipelineBase):
     """One adaptation run. ``space``, ``data.root`` and ``data.num_classes`` default to the task's."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
-    task: str
-    seed: int = 1
-    device: str = "cpu"
-    space: str
-    arch: str | None = None           # with search.enabled false: an arch JSON, or "seed" (the seed's own layout)
-    seed_net: SeedCfg = Field(default_factory=SeedCfg)
-    pretrain: PretrainCfg = Field(default_factory=PretrainCfg)
-    data: DataCfg
-    remap: RemapCfg = Field(default_factory=RemapCfg)
-    search: SearchCfg = Field(default_factory=SearchCfg)
-    finetune: FinetuneCfg = Field(default_factory=FinetuneCfg)
-    evaluate: EvaluateCfg = Field(default_factory=EvaluateCfg)
-    export: ExportCfg = Field(default_factory=ExportCfg)
-    tracking: TrackingCfg = Field(default_factory=TrackingCfg)
-    variants: list[VariantCfg] = Field(default_factory=list)
-    resources: ResourcesCfg = Field(default_factory=ResourcesCfg)
-    tune: TuneCfg = Field(default_factory=TuneCfg)
-    sweep: SweepCfg | None = None
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v != "cpu" and not v.startswith("cuda"):
-            raise ValueError(f"expected 'cpu', 'cuda' or 'cuda:N', got '{v}'")
-        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -118,17 +91,6 @@ class PipelineCfg(Section):
                 raise ValueError(f"'{other.section}' is only for task {other.name} (task is {self.task})")
         if mine.section and mine.section_required and getattr(self, mine.section, None) is None:
             raise ValueError(f"task is {self.task}, so '{mine.section}' must be given (e.g. {mine.section_example})")
-        return self
-
-    @model_validator(mode="after")
-    def _arch_source(self) -> PipelineCfg:
-        if not self.search.enabled and self.arch is None:
-            raise ValueError("search.enabled is false, so 'arch' must name an arch JSON file or 'seed'")
-        names = [v.name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique, got {names}")
-        if self.variants and self.sweep is not None:
-            raise ValueError("use either 'variants' (named ablations) or 'sweep', not both in one pipeline")
         return self
 
     def metric_name(self) -> str:

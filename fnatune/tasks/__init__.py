@@ -28,14 +28,14 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from fnatune.arch import Arch
-    from fnatune.config import PipelineCfg
+    from fnatune.config.pipeline import PipelineBase
 
 
 class TaskBackend(ABC):
     """One task's data, model and metric for one pipeline config. The search, fine-tune and evaluation loops
     are the same for every task; this is what differs."""
 
-    def __init__(self, cfg: PipelineCfg) -> None:
+    def __init__(self, cfg: PipelineBase) -> None:
         self.cfg = cfg
         self.task = get_task(cfg.task)
 
@@ -145,7 +145,7 @@ class Task:
     tiny_pipeline: str | None = None
     smoke: Mapping[str, Any] = field(default_factory=dict)
 
-    def backend_for(self, cfg: PipelineCfg) -> TaskBackend:
+    def backend_for(self, cfg: PipelineBase) -> TaskBackend:
         return self.backend(cfg)
 
     def available(self) -> bool:

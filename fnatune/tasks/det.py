@@ -46,7 +46,7 @@ class DetBackend(TaskBackend):
 
     @property
     def detector(self) -> DetectorCfg:
-        det = self.cfg.task_section()
+        det = self.cfg.section(self.task.section or "")
         assert isinstance(det, DetectorCfg)  # the schema requires it for task det
         return det
 

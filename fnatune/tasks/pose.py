@@ -53,7 +53,7 @@ class PoseCfg(Section):
 class PoseBackend(TaskBackend):
     @property
     def pose(self) -> PoseCfg:
-        section = self.cfg.task_section()
+        section = self.cfg.section(self.task.section or "")
         assert isinstance(section, PoseCfg)
         return section
 
