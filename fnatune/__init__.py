@@ -42,6 +42,7 @@ _LAZY = {
     "register_seed": "fnatune.seeds",
     "SearchSpace": "fnatune.space", "StageSpec": "fnatune.space", "get_space": "fnatune.space",
     "list_spaces": "fnatune.space", "register_space": "fnatune.space", "with_output_stride": "fnatune.space",
+    "load_arch": "fnatune.space",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
@@ -53,7 +54,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from fnatune.remap import RemapOptions, RemapReport, remap
     from fnatune.rundir import RunDir
     from fnatune.seeds import Seed, list_seeds, load_seed, register_seed
-    from fnatune.space import SearchSpace, StageSpec, get_space, list_spaces, register_space, with_output_stride
+    from fnatune.space import (
+        SearchSpace,
+        StageSpec,
+        get_space,
+        list_spaces,
+        load_arch,
+        register_space,
+        with_output_stride,
+    )
     from fnatune.tasks import Task, TaskBackend, get_task, list_tasks, register_task
 
 
@@ -118,6 +127,7 @@ __all__ = [
     "list_seeds",
     "list_spaces",
     "list_tasks",
+    "load_arch",
     "load_seed",
     "madds_table",
     "register_family",

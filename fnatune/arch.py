@@ -254,7 +254,9 @@ class Arch:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "arch") -> Arch:
-        """Build from the full or the short JSON form; ``source`` names the file in errors."""
+        """Build from the full (self-contained) JSON form; ``source`` names the file in errors. A short form (a
+        space's name and its ops) and the check against a named space need the space catalog:
+        :func:`fnatune.space.load_arch` reads both forms."""
         if not isinstance(d, Mapping):
             raise ArchError(f"{source}: expected a JSON object, got {type(d).__name__}")
         try:
@@ -265,38 +267,29 @@ class Arch:
 
     @classmethod
     def load(cls, path: str | Path) -> Arch:
-        p = Path(path)
-        if not p.is_file():
-            raise MissingPathError(f"arch file '{p}' does not exist")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ArchError(f"{p}: not valid JSON ({e})") from None
-        return cls.from_dict(data, source=str(p))
+        """A full-form arch file (what runs write); :func:`fnatune.space.load_arch` reads short forms too."""
+        return cls.from_dict(read_arch_json(path), source=str(path))
 
 
-_KNOWN_KEYS = {"fnatune_arch", "space", "in_channels", "stem", "tail_channels", "act", "bn_eps", "taps",
+def read_arch_json(path: str | Path) -> Any:
+    """The JSON of an arch file, or one clear line."""
+    p = Path(path)
+    if not p.is_file():
+        raise MissingPathError(f"arch file '{p}' does not exist")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ArchError(f"{p}: not valid JSON ({e})") from None
+
+
+ARCH_KEYS = {"fnatune_arch", "space", "in_channels", "stem", "tail_channels", "act", "bn_eps", "taps",
                "stages", "blocks", "ops", "meta"}
 
 
-def _stage_count_hint(space_name: Any, n: int) -> str:
-    """``"; space 'x' has 7 stages, this arch 6 (a stage missing?)"`` when the arch names a registered space
-    whose stage count differs: the likeliest cause of a skeleton that does not hold together (a tap that
-    names a stage that is gone)."""
-    from fnatune.space_registry import get_space, list_spaces
-
-    if not isinstance(space_name, str) or space_name not in list_spaces():
-        return ""
-    want = len(get_space(space_name).stages)
-    if want == n:
-        return ""
-    return f"; space '{space_name}' has {want} stages, this arch {n} (a stage {'missing' if n < want else 'too many'}?)"
-
-
 def _arch_from_dict(d: Mapping[str, Any], source: str) -> Arch:
-    unknown = sorted(set(d) - _KNOWN_KEYS)
+    unknown = sorted(set(d) - ARCH_KEYS)
     if unknown:
-        raise ArchError(f"unknown key(s) {unknown}; expected some of {sorted(_KNOWN_KEYS)}")
+        raise ArchError(f"unknown key(s) {unknown}; expected some of {sorted(ARCH_KEYS)}")
     space_name = d.get("space")
     full = "stages" in d and all(isinstance(s, Mapping) for s in d["stages"])
     if full:
@@ -318,30 +311,13 @@ def _arch_from_dict(d: Mapping[str, Any], source: str) -> Arch:
                 taps=tuple(str(t) for t in d.get("taps", ())),
                 in_channels=int(d.get("in_channels", 3)),
             )
-        except ArchError as e:
-            raise ArchError(f"{e}{_stage_count_hint(space_name, len(stages))}") from None
+        except ArchError:
+            raise
         except (KeyError, TypeError, ValueError) as e:
             raise ArchError(f"malformed 'stages' entry ({type(e).__name__}: {e}); each stage needs "
                             "'out_channels', 'stride', 'dilation' and 'ops'") from None
-        arch = Arch(skeleton, ops, space_name, d.get("meta", {}))
-        if space_name is not None:
-            from fnatune.space_registry import get_space, list_spaces
-
-            if space_name in list_spaces():
-                get_space(space_name).validate(arch)
-        return arch
-    # short form: the space supplies the skeleton
+        return Arch(skeleton, ops, space_name, d.get("meta", {}))
     if space_name is None:
         raise ArchError("a short-form arch (only 'ops' or 'blocks') must name its 'space'")
-    from fnatune.space_registry import get_space
-
-    space = get_space(space_name)
-    if "ops" in d:
-        ops = d["ops"]
-    elif "blocks" in d:
-        ops = Arch.parse_blocks(str(d["blocks"]))
-    elif "stages" in d:
-        ops = d["stages"]
-    else:
-        raise ArchError("no architecture given: expected 'stages', 'ops' or 'blocks'")
-    return space.arch(ops, meta=d.get("meta", {}))
+    raise ArchError(f"a short-form arch (the ops of space '{space_name}', no skeleton) is read with its space: "
+                    "fnatune.space.load_arch (as the CLI and pipelines read arch files)")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from fnatune.arch import Arch
 from fnatune.errors import FnatuneError
 from fnatune.nets import ChildNet, SuperNet
+from fnatune.space import get_space, load_arch
 
 _PREFIXES = ("", "net.", "backbone.net.", "module.backbone.net.")
 
@@ -56,7 +57,7 @@ def child_net(arch: Arch | str | Mapping[str, Any], weights: str | None = None,
               taps: Sequence[str] | None = None) -> ChildNet:
     """The net of a fixed architecture (an Arch, a JSON path or a dict; ``taps`` replaces its own), with
     ``weights`` loaded if given: what this module's and the mmengine backbones hold."""
-    a = arch if isinstance(arch, Arch) else Arch.load(arch) if isinstance(arch, (str, Path)) else Arch.from_dict(arch)
+    a = load_arch(arch)
     net = ChildNet(a.with_taps(list(taps)) if taps is not None else a)
     if weights:
         load_backbone_weights(net, weights)
@@ -65,8 +66,6 @@ def child_net(arch: Arch | str | Mapping[str, Any], weights: str | None = None,
 
 def super_net(space: str, weights: str | None = None, alpha_init_std: float = 1e-3) -> SuperNet:
     """The super net of a registered space, with ``weights`` loaded if given."""
-    from fnatune.space import get_space
-
     net = SuperNet(get_space(space), alpha_init_std=alpha_init_std)
     if weights:
         load_backbone_weights(net, weights)

@@ -127,7 +127,7 @@ def remap(seed_name: str, weights: str | None, seed_options: tuple[str, ...], sp
     from fnatune.remap import RemapOptions
     from fnatune.remap import remap as do_remap
     from fnatune.seeds import load_seed
-    from fnatune.space import get_space
+    from fnatune.space import get_space, load_arch
 
     seed = load_seed(seed_name, weights=weights, **_parse_options(seed_options))
     space = get_space(space_name) if space_name else None
@@ -142,7 +142,7 @@ def remap(seed_name: str, weights: str | None, seed_options: tuple[str, ...], sp
         else:
             target = space
     else:
-        target = Arch.load(arch_spec)
+        target = load_arch(arch_spec)
         if space is not None:
             space.validate(target)
     options = RemapOptions(width=width, kernel=kernel, group=group, noise=noise, seed=sample_seed)
@@ -179,10 +179,10 @@ def cost(arch_spec: str, task: str, detector: str | None, input_size: str, num_c
     """Parameters, multiply-adds (conv + linear, batch 1, as FNA counts) and latency of an architecture."""
     import torch
 
-    from fnatune.arch import Arch
     from fnatune.cost import count_madds, count_params
     from fnatune.latency import LatencyTable, device_name, time_module
     from fnatune.seeds import list_seeds, load_seed
+    from fnatune.space import load_arch
     from fnatune.whole_network import whole_network
 
     size = _parse_input(input_size)
@@ -191,7 +191,7 @@ def cost(arch_spec: str, task: str, detector: str | None, input_size: str, num_c
     if arch_spec in list_seeds() and not Path(arch_spec).exists():
         arch = load_seed(arch_spec).arch  # the layout only: random init is enough to count
     else:
-        arch = Arch.load(arch_spec)
+        arch = load_arch(arch_spec)
     model, forward_kwargs = whole_network(task, arch, num_classes, {"type": detector} if detector else None)
     params, madds = count_params(model), count_madds(model, size, arch.skeleton.in_channels, **forward_kwargs)
     out: dict[str, Any] = {"arch": arch_spec, "task": task, "input": list(size), "params": params, "madds": madds}

@@ -7,7 +7,10 @@ declared from :class:`StageSpec` entries in ``search_spaces/<family>.py`` and re
     def mbv2_det() -> SearchSpace:
         return SearchSpace(name="mbv2_det", stages=[StageSpec(24, stride=2, layers=4, ops=MBV2_OPS), ...])
 
-Registered spaces are looked up with :func:`get_space` / :func:`list_spaces` (:mod:`fnatune.space_registry`).
+Registered spaces are looked up with :func:`get_space` / :func:`list_spaces`; the bundled families are the public
+modules of ``search_spaces/`` (imported the first time a space is looked up), other packages add theirs under the
+``fnatune.spaces`` entry-point group. :func:`load_arch` reads an arch file in either form (a short form names a
+registered space and gives only its ops) and checks it against the space it names.
 
 FNA's rules are built in: the first layer of a stage never offers ``skip`` (it changes stride or
 width, so every stage keeps at least one layer); other layers offer ``skip`` unless ``allow_skip`` is
@@ -17,14 +20,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from fnatune.arch import Arch, Skeleton, StageShape, Tap
+from fnatune.arch import ARCH_KEYS, Arch, Skeleton, StageShape, Tap, read_arch_json
 from fnatune.blocks import SKIP, inner_width, op_problem, parse_op
 from fnatune.errors import ArchError
-from fnatune.space_registry import get_space, list_spaces, register_space
+from fnatune.registry import Registry, import_submodules, load_plugins
 
 
 @dataclass(frozen=True)
@@ -257,4 +261,77 @@ class SearchSpace:
         return "\n".join(lines)
 
 
-__all__ = ["SearchSpace", "StageSpec", "get_space", "list_spaces", "register_space", "with_output_stride"]
+# ------------------------------------------------------------------------------------------ the catalog
+_SPACES: Registry[SearchSpace] = Registry(
+    "search space", loader=lambda: (import_submodules("search_spaces"), load_plugins("fnatune.spaces")))
+
+
+def register_space(name: str) -> Callable[[Callable[[], SearchSpace]], Callable[[], SearchSpace]]:
+    """Decorator registering a zero-argument factory that returns a :class:`SearchSpace`."""
+    return _SPACES.register(name)
+
+
+def list_spaces() -> list[str]:
+    return _SPACES.names()
+
+
+def get_space(name: str) -> SearchSpace:
+    """The registered space ``name`` (``mbv2_det``, ``mbv2_seg``, ...)."""
+    space = _SPACES.create(name)
+    if space.name != name:
+        raise ArchError(f"space factory '{name}' returned a space named '{space.name}'")
+    return space
+
+
+# ------------------------------------------------------------------------------------------ arch files
+def load_arch(source: str | Path | Mapping[str, Any] | Arch) -> Arch:
+    """An arch from a file, a parsed JSON object or an Arch, in the full or the short form, checked against the
+    registered space it names (a full-form arch of an unregistered space is taken as it is)."""
+    if isinstance(source, Arch):
+        return source
+    name = "arch" if isinstance(source, Mapping) else str(source)
+    d = source if isinstance(source, Mapping) else read_arch_json(source)
+    if not isinstance(d, Mapping):
+        raise ArchError(f"{name}: expected a JSON object, got {type(d).__name__}")
+    space_name = d.get("space")
+    known = isinstance(space_name, str) and space_name in list_spaces()
+    try:
+        unknown = sorted(set(d) - ARCH_KEYS)
+        if unknown:
+            raise ArchError(f"unknown key(s) {unknown}; expected some of {sorted(ARCH_KEYS)}")
+        if "stages" in d and all(isinstance(s, Mapping) for s in d["stages"]):
+            try:
+                arch = Arch.from_dict(d, source=name)
+            except ArchError as e:
+                raise ArchError(f"{e}{_stage_count_hint(space_name, len(d['stages'])) if known else ''}") from None
+            if known:
+                get_space(space_name).validate(arch)
+            return arch
+        if space_name is None:
+            raise ArchError("a short-form arch (only 'ops' or 'blocks') must name its 'space'")
+        space = get_space(space_name)
+        if "ops" in d:
+            ops = d["ops"]
+        elif "blocks" in d:
+            ops = Arch.parse_blocks(str(d["blocks"]))
+        elif "stages" in d:
+            ops = d["stages"]
+        else:
+            raise ArchError("no architecture given: expected 'stages', 'ops' or 'blocks'")
+        return space.arch(ops, meta=d.get("meta", {}))
+    except ArchError as e:
+        msg = str(e)
+        raise ArchError(msg if msg.startswith(name) else f"{name}: {msg}") from None
+
+
+def _stage_count_hint(space_name: str, n: int) -> str:
+    """``"; space 'x' has 7 stages, this arch 6 (a stage missing?)"`` when the arch names a registered space
+    whose stage count differs: the likeliest cause of a skeleton that does not hold together (a tap that
+    names a stage that is gone)."""
+    want = len(get_space(space_name).stages)
+    if want == n:
+        return ""
+    return f"; space '{space_name}' has {want} stages, this arch {n} (a stage {'missing' if n < want else 'too many'}?)"
+
+
+__all__ = ["SearchSpace", "StageSpec", "get_space", "list_spaces", "load_arch", "register_space", "with_output_stride"]

@@ -8,7 +8,7 @@ import pytest
 
 from fnatune.arch import Arch, Tap
 from fnatune.errors import ArchError, MissingPathError
-from fnatune.space import get_space
+from fnatune.space import get_space, load_arch
 from search_spaces import ARCHS_DIR
 
 
@@ -17,9 +17,12 @@ def test_json_round_trip_full_and_short_forms(tmp_path: Path) -> None:
     arch = space.sample(1)
     path = arch.save(tmp_path / "a.json")
     assert Arch.load(path) == arch
-    short_ops = Arch.from_dict({"space": "mbv2_seg", "ops": [list(s) for s in arch.ops]})
-    short_blocks = Arch.from_dict({"space": "mbv2_seg", "blocks": arch.block_string()})
-    assert short_ops == arch == short_blocks
+    short_ops = load_arch({"space": "mbv2_seg", "ops": [list(s) for s in arch.ops]})
+    short_blocks = load_arch({"space": "mbv2_seg", "blocks": arch.block_string()})
+    assert short_ops == arch == short_blocks == load_arch(path)
+    # the full form needs no catalog; a short form is read with its space, and Arch says where
+    with pytest.raises(ArchError, match="short-form arch .* fnatune.space.load_arch"):
+        Arch.from_dict({"space": "mbv2_seg", "blocks": arch.block_string()})
     assert Arch.parse_blocks(arch.block_string()) == arch.ops
 
 
@@ -56,19 +59,19 @@ def test_ssdlite_head_layer_only_allows_e6() -> None:
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(MissingPathError, match="nope.json"):
-        Arch.load(tmp_path / "nope.json")
+        load_arch(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ArchError, match="bad.json: not valid JSON"):
-        Arch.load(bad)
+        load_arch(bad)
     extra = tmp_path / "extra.json"
     extra.write_text(json.dumps({"space": "mbv2_det", "blocks": "k3_e1", "colour": "red"}))
     with pytest.raises(ArchError, match=r"extra.json: unknown key\(s\) \['colour'\]"):
-        Arch.load(extra)
+        load_arch(extra)
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"space": "mbv2_dett", "blocks": "k3_e1"}))
     with pytest.raises(Exception, match="Did you mean 'mbv2_det'"):
-        Arch.load(unknown)
+        load_arch(unknown)
 
 
 def test_shipped_arch_files_load_and_fit_their_spaces() -> None:

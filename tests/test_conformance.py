@@ -23,7 +23,7 @@ from fnatune.errors import ArchError, RemapError, SeedError
 from fnatune.nets import ChildNet, SuperNet
 from fnatune.remap import fit_problem, remap
 from fnatune.seeds import Seed, get_seed_adapter, list_seeds, load_seed
-from fnatune.space import get_space, list_spaces
+from fnatune.space import get_space, list_spaces, load_arch
 from fnatune.tasks import get_task, list_tasks
 from tests.conftest import randomize_bn
 
@@ -123,7 +123,7 @@ def test_every_space_trains_derives_and_exports(space_name: str, tmp_path: Path)
     arch = net.derive()
     space.validate(arch)
     assert Arch.from_dict(arch.to_dict()) == arch
-    assert Arch.from_dict({"space": space_name, "blocks": arch.block_string()}) == arch
+    assert load_arch({"space": space_name, "blocks": arch.block_string()}) == arch
     child, _ = remap(seed, arch)
     out = child.train()(x)
     sum(o.mean() for o in out).backward()

@@ -13,7 +13,7 @@ from fnatune.cost import CostTable
 from fnatune.data import stream_for
 from fnatune.framework import RunContext, StageHandle, eta
 from fnatune.io import atomic_torch_save, atomic_write_json
-from fnatune.space import get_space
+from fnatune.space import get_space, load_arch
 from fnatune.stages.data import SEARCH_PARTS
 
 #: the share of alpha's gradient from the cost term above which an epoch says that the task no longer decides
@@ -123,7 +123,7 @@ def stage_fixed_arch(ctx: RunContext, st: StageHandle) -> dict[str, Any]:
     from fnatune.stages.seed import seed_of
 
     space = get_space(ctx.cfg.space)
-    arch = space.project(seed_of(ctx).arch) if ctx.cfg.arch == "seed" else Arch.load(ctx.cfg.arch)
+    arch = space.project(seed_of(ctx).arch) if ctx.cfg.arch == "seed" else load_arch(ctx.cfg.arch)
     space.validate(arch)
     arch.save(st.dir / "arch.json")
     shutil.copyfile(st.dir / "arch.json", ctx.run.arch_path)
