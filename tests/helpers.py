@@ -48,3 +48,47 @@ def ce_loss(model: nn.Module):  # type: ignore[no-untyped-def]
         x, y = batch
         return F.cross_entropy(model(x), y)
     return loss_fn
+
+
+# ------------------------------------------------------------------------------------------ registry cases
+# A super net above this many parameters (the ResNet spaces: nine candidate blocks per layer) takes tens of
+# seconds to build and remap on two cores: its cases run in the slow lane (CI runs both lanes).
+BIG_SUPERNET = 100e6
+
+
+def supernet_params(space_name: str) -> int:
+    from fnatune.space import get_space
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in SuperNet(get_space(space_name)).parameters())
+
+
+def registry_space_cases() -> list:  # type: ignore[type-arg]
+    """Every registered space as a pytest case, the big ones marked slow."""
+    import pytest
+
+    from fnatune.space import list_spaces
+
+    return [pytest.param(n, marks=[pytest.mark.slow, pytest.mark.timeout(900)] if supernet_params(n) > BIG_SUPERNET
+                         else []) for n in list_spaces()]
+
+
+def fitting_seed(space_name: str) -> str | None:
+    """The first registered seed that remaps into the space (its layout read on the meta device), or None."""
+    from fnatune.errors import SeedError
+    from fnatune.remap import fit_problem
+    from fnatune.seeds import Seed, get_seed_adapter, list_seeds
+    from fnatune.space import get_space
+
+    space = get_space(space_name)
+    preferred = [space.meta["seed"]] if "seed" in space.meta else []
+    for name in preferred + list_seeds():
+        adapter = get_seed_adapter(name)
+        try:
+            with torch.device("meta"):
+                seed = Seed(name, adapter.layout(adapter.build()).arch, {})
+        except SeedError:  # an optional extra's seed where the extra is missing
+            continue
+        if fit_problem(seed, space) is None:
+            return name
+    return None

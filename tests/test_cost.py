@@ -11,6 +11,7 @@ from fnatune.cost import count_madds, count_params, madds_table
 from fnatune.nets import ChildNet, SuperNet
 from fnatune.space import get_space
 from search_spaces import ARCHS_DIR
+from tests.helpers import registry_space_cases
 
 
 def test_conv_and_linear_madds_by_hand() -> None:
@@ -57,7 +58,7 @@ def test_released_archs_reproduce_the_paper_backbone_deltas() -> None:
     assert round((fna[0] - mbv2[0]) / 1e6, 3) == 0.307
 
 
-@pytest.mark.parametrize("space_name", ["mbv2_det", "mbv2_ssdlite", "mbv2_seg"])
+@pytest.mark.parametrize("space_name", registry_space_cases())
 def test_one_hot_expected_cost_equals_arch_cost_equals_counter(space_name: str) -> None:
     space = get_space(space_name)
     net = SuperNet(space)

@@ -7,7 +7,10 @@ import torch
 from fnatune.errors import ArchError
 from fnatune.nets import ChildNet, SuperNet
 from fnatune.remap import remap
+from fnatune.seeds import load_seed
 from fnatune.space import get_space
+from tests.conftest import randomize_bn
+from tests.helpers import fitting_seed, registry_space_cases
 
 
 def _one_hot_alphas(net: SuperNet, indices: list[int]) -> None:
@@ -17,10 +20,16 @@ def _one_hot_alphas(net: SuperNet, indices: list[int]) -> None:
             a[i] = 0.0
 
 
-@pytest.mark.parametrize("space_name", ["mbv2_det", "mbv2_ssdlite", "mbv2_seg"])
-def test_single_path_equals_child_and_one_hot_mix_equals_single_path(space_name: str, mbv2_seed) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("space_name", registry_space_cases())
+def test_single_path_equals_child_and_one_hot_mix_equals_single_path(space_name: str) -> None:
+    """Every registered space, remapped from a registered seed that fits it (random weights, perturbed BN)."""
     space = get_space(space_name)
-    net, _ = remap(mbv2_seed, space)
+    seed_name = fitting_seed(space_name)
+    assert seed_name is not None, f"no registered seed fits space '{space_name}'"
+    torch.manual_seed(0)
+    seed = load_seed(seed_name)
+    seed.state_dict = {k: v.clone() for k, v in randomize_bn(seed.build(), seed=1).state_dict().items()}
+    net, _ = remap(seed, space)
     net.eval()
     arch = space.sample(11)
     idx = space.indices_of(arch)
