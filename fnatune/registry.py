@@ -13,8 +13,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from fnatune.errors import UnknownNameError
 
@@ -29,12 +30,31 @@ def import_submodules(package: str) -> None:
             importlib.import_module(f"{package}.{info.name}")
 
 
-def load_plugins(group: str) -> None:
-    """Import the modules other installed distributions declare under entry-point ``group``."""
+def load_plugins(group: str, registry: Registry[Any] | None = None) -> list[str]:
+    """Import the modules other installed distributions declare under entry-point ``group``.
+
+    A plugin that fails to import is named in one line on stderr and skipped, and whatever it registered into
+    ``registry`` before failing is taken out again: the registry holds every built-in entry and every plugin that
+    loaded, never half a plugin. Returns the failure lines (the registry keeps them for its unknown-name errors)."""
     from importlib.metadata import entry_points
 
+    failures = []
     for ep in entry_points(group=group):
-        ep.load()
+        before = set(registry._factories) if registry is not None else set()
+        try:
+            ep.load()
+        except Exception as e:
+            if registry is not None:
+                registry._drop(set(registry._factories) - before)
+            dist = getattr(getattr(ep, "dist", None), "name", None)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            line = (f"plugin '{ep.name} = {ep.value}'{f' of {dist}' if dist else ''} (entry points '{group}') failed "
+                    f"to import: {type(e).__name__}{': ' + first if first else ''}; its entries are not registered")
+            print(f"fnatune: {line}", file=sys.stderr)
+            failures.append(line)
+    if registry is not None:
+        registry.plugin_failures = failures
+    return failures
 
 
 class Registry(Generic[T]):
@@ -46,6 +66,12 @@ class Registry(Generic[T]):
         self._docs: dict[str, str] = {}
         self._loader = loader
         self._loaded = loader is None
+        self.plugin_failures: list[str] = []
+
+    def _drop(self, names: set[str]) -> None:
+        for name in names:
+            self._factories.pop(name, None)
+            self._docs.pop(name, None)
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:
@@ -88,7 +114,8 @@ class Registry(Generic[T]):
         known = self.names()
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        return f"unknown {self.kind} '{name}'.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}."
+        failed = f" ({'; '.join(self.plugin_failures)})" if self.plugin_failures else ""
+        return f"unknown {self.kind} '{name}'.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}.{failed}"
 
     def __contains__(self, name: object) -> bool:
         self._ensure_loaded()

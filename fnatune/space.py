@@ -263,7 +263,7 @@ class SearchSpace:
 
 # ------------------------------------------------------------------------------------------ the catalog
 _SPACES: Registry[SearchSpace] = Registry(
-    "search space", loader=lambda: (import_submodules("search_spaces"), load_plugins("fnatune.spaces")))
+    "search space", loader=lambda: (import_submodules("search_spaces"), load_plugins("fnatune.spaces", _SPACES)))
 
 
 def register_space(name: str) -> Callable[[Callable[[], SearchSpace]], Callable[[], SearchSpace]]:

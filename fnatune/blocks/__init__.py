@@ -129,7 +129,7 @@ class BlockFamily(ABC):
 
 
 _FAMILIES: Registry[BlockFamily] = Registry(
-    "block family", loader=lambda: (import_submodules("fnatune.blocks"), load_plugins("fnatune.blocks")))
+    "block family", loader=lambda: (import_submodules("fnatune.blocks"), load_plugins("fnatune.blocks", _FAMILIES)))
 
 
 def register_family(family: BlockFamily) -> BlockFamily:

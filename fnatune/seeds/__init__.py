@@ -90,7 +90,7 @@ class Seed:
 
 SEED_FORMAT = "fnatune-seed"
 _SEEDS: Registry[SeedAdapter] = Registry(
-    "seed", loader=lambda: (import_submodules("fnatune.seeds"), load_plugins("fnatune.seeds")))
+    "seed", loader=lambda: (import_submodules("fnatune.seeds"), load_plugins("fnatune.seeds", _SEEDS)))
 
 
 def register_seed(adapter: SeedAdapter) -> SeedAdapter:

@@ -161,7 +161,7 @@ class Task:
 
 
 _TASKS: Registry[Task] = Registry("task", loader=lambda: (import_submodules("fnatune.tasks"),
-                                                          load_plugins("fnatune.tasks")))
+                                                          load_plugins("fnatune.tasks", _TASKS)))
 #: what `fnatune cost --task` counts besides the registered tasks (:mod:`fnatune.whole_network`)
 COUNTING_TARGETS = ("backbone", "cls")
 
