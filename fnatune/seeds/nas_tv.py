@@ -14,7 +14,9 @@ as a pre-logits layer plus the logits (``ClassifierNet.from_seed`` rebuilds the 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -73,10 +75,19 @@ def _features(model: nn.Module, x: Tensor) -> Tensor:
     return model.features(x)
 
 
+def _meta(size: int, **extra: str) -> Callable[[nn.Module], dict[str, Any]]:
+    """What travels with the seed: torchvision's ImageNet normalisation and its weights' evaluation size."""
+    return lambda _model: {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": (3, size, size), **extra}
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+EFFICIENTNET_SIZES = {"efficientnet_b0": 224, "efficientnet_b1": 240, "efficientnet_b2": 288, "efficientnet_b3": 300}
+
 register_seed(SeedAdapter("mobilenet_v3_large", partial(_build, "mobilenet_v3_large"), _mbv3_layout, _features,
-                          torchvision_model="mobilenet_v3_large", meta=lambda _m: {"pre_logits_act": "hswish"},
+                          torchvision_model="mobilenet_v3_large", meta=_meta(224, pre_logits_act="hswish"),
                           description="torchvision MobileNetV3-Large (a NAS-found net): SE with hard-sigmoid gates, "
                                       "ReLU/h-swish per block"))
-for _name in ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"):
+for _name, _size in EFFICIENTNET_SIZES.items():
     register_seed(SeedAdapter(_name, partial(_build, _name), _efficientnet_layout, _features, torchvision_model=_name,
+                              meta=_meta(_size),
                               description=f"torchvision EfficientNet-{_name[-2:].upper()} (a NAS-found net): SE, SiLU"))

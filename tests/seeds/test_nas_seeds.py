@@ -154,6 +154,7 @@ def test_efficientnet_layout_has_se_everywhere_and_silu() -> None:
     assert [len(ops) for ops in seed.arch.ops] == [1, 2, 2, 3, 3, 4, 1]
     assert all(op.endswith("_se0.25") for ops in seed.arch.ops for op in ops)
     assert seed.classifier is not None and seed.classifier["weight"].shape == (1000, 1280)
+    assert seed.meta["mean"] == (0.485, 0.456, 0.406) and seed.meta["input_size"] == (3, 224, 224)
 
 
 WEIGHTS = {"mobilenet_v3_large": (tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1, 224),
