@@ -11,17 +11,24 @@ The seed is a MobileNetV2-like net (k3_e6 everywhere, 2 searchable stages, outpu
 generated shape classification set that fnatune pretrains its tiny seeds on (not on this task). Then, with the
 library's own parts (remapping, :class:`fnatune.search.Searcher`, :class:`fnatune.train.Trainer`):
 
-1. a search per seed value: the seed remapped into the super net, FNA's alternating weight / arch steps with
-   the cost term lambda * log_tau(E[MAdds]), the derived arch and alpha's entropy at the end;
-2. the same fine-tune budget (remapped from the seed, same recipe, same seeds) for: each searched arch; the
-   seed's own arch; ``--random`` random archs of the space whose MAdds are within 5% of the searched archs'
-   mean; each over ``--seeds`` seed values (a searched arch is fine-tuned with its own search's seed);
-3. mean +- std of the val mIoU and the backbone MAdds of each, and whether the goal holds: the searched archs
-   beat the median random arch and match or beat the seed's arch at no more than the seed's MAdds.
+1. a search per search seed (``--seeds``, 5): the seed remapped into the super net, FNA's alternating weight / arch
+   steps with the cost term lambda * log_tau(E[MAdds]), the derived arch and alpha's entropy at the end;
+2. the same fine-tune budget (remapped from the seed, same recipe) over the same fine-tune seeds (``--ft-seeds``, 2)
+   for: each searched arch; the seed's own arch; ``--random`` (10) random archs of the space whose MAdds are within
+   5% of the searched archs' mean. An arch's score is its mean val mIoU over the fine-tune seeds;
+3. random search at equal total cost: ``--rs-n`` (4) more matched random archs, each fine-tuned with 1/N of what
+   one search plus one fine-tune cost (measured in seconds and turned into iterations), the best of them by val
+   mIoU, once per fine-tune seed;
+4. the searched pool against the random pool: the difference of the searched mean and the random median, a 95%
+   bootstrap interval of it (archs resampled within each pool), and a one-sided Mann-Whitney rank test (exact);
+   how much the searched archs agree (the share of identical ops per layer, over pairs of search seeds) and alpha's
+   entropy at the end.
 
-The last line reads ``search quality: goal met`` or ``search quality: goal missed (...)``; it exits 0 either way.
+Goal (issue 27): the searched mean beats the random median by more than the larger of the two pools' standard
+deviations, with an interval that excludes 0, and matches or beats random search at equal total cost. The last line
+reads ``search quality: goal met`` or ``search quality: goal missed (...)``; it exits 0 either way.
 
-    python benchmarks/search_quality.py [--seeds 3] [--random 5] [--threads 2] [--smoke]
+    python benchmarks/search_quality.py [--seeds 5] [--random 10] [--ft-seeds 2] [--rs-n 4] [--threads 2] [--smoke]
 
 ``--smoke`` runs every part at a budget of seconds (a check that the script works, not a measurement).
 """
@@ -233,13 +240,15 @@ def search(seed: Seed, space: SearchSpace, train: TensorDataset, b: Budget, s: i
     return Searched(res.arch, alpha_entropy(probs), uniform, time.perf_counter() - t0)
 
 
-def finetune(seed: Seed, arch: Arch, train: TensorDataset, val: TensorDataset, b: Budget, s: int, work: Path) -> float:
+def finetune(seed: Seed, arch: Arch, train: TensorDataset, val: TensorDataset, b: Budget, s: int, work: Path,
+             iters: int | None = None) -> float:
     torch.manual_seed(s)
     child, _ = remap(seed, arch)
     model = SegModel(child)
-    loop = TrainLoopCfg(iters=b.finetune_iters, optim={"name": "sgd", "lr": 0.05, "momentum": 0.9,
+    iters = iters or b.finetune_iters
+    loop = TrainLoopCfg(iters=iters, optim={"name": "sgd", "lr": 0.05, "momentum": 0.9,
                                                        "weight_decay": 4e-5, "grad_clip": None},
-                        policy="poly", warmup_iters=min(20, b.finetune_iters // 10), warmup_ratio=0.1,
+                        policy="poly", warmup_iters=min(20, iters // 10), warmup_ratio=0.1,
                         log_every=10**6, checkpoint_every=10**6)
     Trainer(model, loss_of(model), BatchStream(train, b.batch, seed=s + 7), loop, work, seed=s).run()
     return miou(model, val)
@@ -283,10 +292,57 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.fmean(values):5.1f} +- {sd:4.1f}"
 
 
+def _sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def bootstrap_interval(searched: list[float], pool: list[float], n: int = 10_000, seed: int = 0
+                       ) -> tuple[float, float]:
+    """95% percentile interval of mean(searched) - median(pool), archs resampled with replacement in each pool."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(searched), np.asarray(pool)
+    diffs = (rng.choice(a, (n, len(a))).mean(axis=1) - np.median(rng.choice(b, (n, len(b))), axis=1))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def mann_whitney_greater(x: list[float], y: list[float]) -> tuple[float, float]:
+    """U of ``x`` over ``y`` and the exact one-sided p-value that x is stochastically greater (all splits of the
+    pooled values; ties count half)."""
+    from itertools import combinations
+
+    def u(xs: tuple[float, ...], ys: tuple[float, ...]) -> float:
+        return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in xs for b in ys)
+
+    pooled = tuple(x) + tuple(y)
+    observed = u(tuple(x), tuple(y))
+    count = total = 0
+    for idx in combinations(range(len(pooled)), len(x)):
+        chosen = set(idx)
+        xs = tuple(pooled[i] for i in idx)
+        ys = tuple(pooled[i] for i in range(len(pooled)) if i not in chosen)
+        total += 1
+        count += u(xs, ys) >= observed - 1e-12
+    return observed, count / total
+
+
+def agreement(archs: list[Arch]) -> float:
+    """Share of identical ops per searchable layer, averaged over pairs of archs (1: all identical)."""
+    from itertools import combinations
+
+    layers = [[op for stage in a.ops[1:] for op in stage] for a in archs]
+    pairs = list(combinations(layers, 2))
+    if not pairs:
+        return 1.0
+    return statistics.fmean(sum(p == q for p, q in zip(a, b)) / len(a) for a, b in pairs)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--random", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=5, help="search seeds (one search each)")
+    ap.add_argument("--random", type=int, default=10, help="random archs at matched MAdds")
+    ap.add_argument("--ft-seeds", type=int, default=2, help="fine-tune seeds every arch is fine-tuned over")
+    ap.add_argument("--rs-n", type=int, default=4, help="archs of random search at equal total cost")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=60, help="longest bar (pixels) of the generated task")
     ap.add_argument("--lam", type=float, default=0.05, help="lambda of the cost term (log base 10, MAdds in G)")
@@ -300,6 +356,7 @@ def main() -> int:
     settings = {"cost": {"lambda": args.lam, "log_base": 10.0}, "temperature": args.temperature,
                 "arch_optim": {"name": "adam", "lr": args.arch_lr, "betas": (0.5, 0.999), "weight_decay": 1e-3}}
     t_all = time.perf_counter()
+    ft_seeds = list(range(args.ft_seeds))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         train = context_images(b.train, 1, args.max_length)
@@ -313,44 +370,70 @@ def main() -> int:
                   f"(uniform {r.uniform_entropy:.3f}, ratio {r.entropy / r.uniform_entropy:.2f}), {r.seconds:.0f} s",
                   flush=True)
         target = statistics.fmean(backbone_madds(r.arch) for r in searched)
-        seed_key = seed.arch.block_string()
-        randoms = matched_random(space, target, args.random, random.Random(12345),
-                                 {seed_key, *(r.arch.block_string() for r in searched)})
-        rows: list[tuple[str, Arch, list[float]]] = []
-        scores = [finetune(seed, r.arch, train, val, b, s, work / f"ft_searched{s}") for s, r in zip(seeds, searched)]
-        rows.append(("searched", searched[0].arch, scores))
-        rows.append(("seed", seed.arch, [finetune(seed, seed.arch, train, val, b, s, work / f"ft_seed{s}")
-                                         for s in seeds]))
+        rng = random.Random(12345)
+        taken = {seed.arch.block_string(), *(r.arch.block_string() for r in searched)}
+        randoms = matched_random(space, target, args.random, rng, taken)
+        taken |= {a.block_string() for a in randoms}
+
+        def score(a: Arch, tag: str) -> list[float]:
+            return [finetune(seed, a, train, val, b, f, work / f"ft_{tag}_{f}") for f in ft_seeds]
+
+        t0 = time.perf_counter()
+        searched_scores = [score(r.arch, f"s{i}") for i, r in enumerate(searched)]
+        ft_seconds = (time.perf_counter() - t0) / (len(searched) * len(ft_seeds))
+        print(f"  fine-tuned the searched archs ({ft_seconds:.1f} s per fine-tune)", flush=True)
+        seed_scores = score(seed.arch, "seed")
+        random_scores = []
         for i, a in enumerate(randoms):
-            rows.append((f"random {i + 1}", a, [finetune(seed, a, train, val, b, s, work / f"ft_r{i}_{s}")
-                                                for s in seeds]))
-            print(f"  finetuned random {i + 1}/{len(randoms)}", flush=True)
-    print(f"\nsearch quality: 64x64 key-bar segmentation, {len(seeds)} seeds, fine-tune {b.finetune_iters} "
-          f"iterations each, {time.perf_counter() - t_all:.0f} s in all")
-    print(f"{'arch':<10} {'MAdds (M)':>9}  {'mIoU mean +- std':>16}  per seed       block string")
-    madds = {name: (statistics.fmean(backbone_madds(r.arch) for r in searched) if name == "searched"
-                    else backbone_madds(a)) for name, a, _ in rows}
-    for name, a, scores in rows:
-        arch_str = "(one per search seed)" if name == "searched" and len({r.arch.block_string() for r in searched}) > 1 \
-            else a.block_string()
-        print(f"{name:<10} {madds[name]:9.2f}  {_ms(scores):>16}  "
-              f"{' '.join(f'{v:4.1f}' for v in scores):<14} {arch_str}")
-    mean = {name: statistics.fmean(scores) for name, _, scores in rows}
-    random_means = [mean[n] for n, _, _ in rows if n.startswith("random")]
-    ratio = max(r.entropy / r.uniform_entropy for r in searched)
+            random_scores.append(score(a, f"r{i}"))
+            print(f"  fine-tuned random {i + 1}/{len(randoms)}", flush=True)
+        # random search at equal total cost: one search + one fine-tune, in fine-tune iterations, split over N archs
+        search_seconds = statistics.fmean(r.seconds for r in searched)
+        total_iters = b.finetune_iters * (1 + search_seconds / ft_seconds)
+        rs_iters = max(1, int(total_iters / args.rs_n))
+        rs_best = []
+        for f in ft_seeds:
+            pool = matched_random(space, target, args.rs_n, random.Random(777 + f), taken)
+            rs_best.append(max(finetune(seed, a, train, val, b, f, work / f"ft_rs{f}_{j}", iters=rs_iters)
+                               for j, a in enumerate(pool)))
+        print(f"  random search: {args.rs_n} archs x {rs_iters} iterations per fine-tune seed "
+              f"(= one search {search_seconds:.0f} s + one fine-tune {b.finetune_iters} iterations)", flush=True)
+    print(f"\nsearch quality: 64x64 key-bar segmentation, {len(seeds)} search seeds, every arch fine-tuned "
+          f"{b.finetune_iters} iterations over {len(ft_seeds)} fine-tune seeds, {time.perf_counter() - t_all:.0f} s in all")
+    print(f"{'arch':<11} {'MAdds (M)':>9}  {'mIoU':>5}  per fine-tune seed  block string")
+    per_arch = {"searched": [statistics.fmean(v) for v in searched_scores],
+                "random": [statistics.fmean(v) for v in random_scores]}
+    for i, (r, v) in enumerate(zip(searched, searched_scores)):
+        print(f"searched {i:<2} {backbone_madds(r.arch):9.2f}  {statistics.fmean(v):5.1f}  "
+              f"{' '.join(f'{x:4.1f}' for x in v):<19} {r.arch.block_string()}")
+    print(f"{'seed':<11} {backbone_madds(seed.arch):9.2f}  {statistics.fmean(seed_scores):5.1f}  "
+          f"{' '.join(f'{x:4.1f}' for x in seed_scores):<19} {seed.arch.block_string()}")
+    for i, (a, v) in enumerate(zip(randoms, random_scores)):
+        print(f"random {i + 1:<4} {backbone_madds(a):9.2f}  {statistics.fmean(v):5.1f}  "
+              f"{' '.join(f'{x:4.1f}' for x in v):<19} {a.block_string()}")
+    s_mean, r_med = statistics.fmean(per_arch["searched"]), statistics.median(per_arch["random"] or [0.0])
+    spread = max(_sd(per_arch["searched"]), _sd(per_arch["random"]))
+    lo, hi = bootstrap_interval(per_arch["searched"], per_arch["random"] or [0.0])
+    u, p = mann_whitney_greater(per_arch["searched"], per_arch["random"] or [0.0])
+    rs = statistics.fmean(rs_best)
+    ratios = [r.entropy / r.uniform_entropy for r in searched]
+    print(f"\nsearched pool {_ms(per_arch['searched'])} (n={len(searched)}), random pool median {r_med:.1f}, "
+          f"{_ms(per_arch['random'])} (n={len(randoms)}), seed's arch {statistics.fmean(seed_scores):.1f}")
+    print(f"searched mean - random median: {s_mean - r_med:+.1f} mIoU, 95% bootstrap interval [{lo:+.1f}, {hi:+.1f}]; "
+          f"larger spread {spread:.1f}; Mann-Whitney U {u:.0f}, one-sided p {p:.3f}")
+    print(f"random search at equal total cost (best of {args.rs_n} at {rs_iters} iterations): "
+          f"{' '.join(f'{x:.1f}' for x in rs_best)}, mean {rs:.1f}")
+    print(f"stability: the searched archs agree on {agreement([r.arch for r in searched]) * 100:.0f}% of layers "
+          f"(pairs of search seeds); alpha entropy at the end / uniform: {', '.join(f'{x:.2f}' for x in ratios)}")
     problems = []
     if len(randoms) < args.random:
         problems.append(f"only {len(randoms)} random archs within 5% of {target:.2f} M MAdds")
-    if random_means and not mean["searched"] > statistics.median(random_means):
-        problems.append(f"searched {mean['searched']:.1f} <= median random {statistics.median(random_means):.1f}")
-    if mean["searched"] < mean["seed"]:
-        problems.append(f"searched {mean['searched']:.1f} < seed arch {mean['seed']:.1f}")
-    if madds["searched"] > madds["seed"]:
-        problems.append(f"searched MAdds {madds['searched']:.2f} M > seed's {madds['seed']:.2f} M")
-    if ratio > 0.8:
-        problems.append(f"alpha entropy {ratio:.2f} of uniform (not clearly below it)")
-    print(f"alpha entropy at the end of each search / uniform: "
-          f"{', '.join(f'{r.entropy / r.uniform_entropy:.2f}' for r in searched)}")
+    if not s_mean - r_med > spread:
+        problems.append(f"searched mean - random median {s_mean - r_med:+.1f} <= larger spread {spread:.1f}")
+    if not lo > 0:
+        problems.append(f"bootstrap interval [{lo:+.1f}, {hi:+.1f}] does not exclude 0")
+    if s_mean < rs:
+        problems.append(f"searched {s_mean:.1f} < random search at equal cost {rs:.1f}")
     print("search quality: goal met" if not problems else f"search quality: goal missed ({'; '.join(problems)})")
     return 0
 
