@@ -283,7 +283,7 @@ def read_arch_json(path: str | Path) -> Any:
 
 
 ARCH_KEYS = {"fnatune_arch", "space", "in_channels", "stem", "tail_channels", "act", "bn_eps", "taps",
-               "stages", "blocks", "ops", "meta"}
+             "stages", "blocks", "ops", "meta"}
 
 
 def _arch_from_dict(d: Mapping[str, Any], source: str) -> Arch:

@@ -33,6 +33,9 @@ from fnatune.seeds._convert import BlockParts, ConvBN, SeedLayout, bn_pairs_and_
 MODELS = ("semnasnet_100", "mobilenetv3_large_100", "efficientnet_b0", "fbnetc_100", "spnasnet_100")
 _ACTS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hswish", nn.SiLU: "silu"}
 _BLOCKS = ("DepthwiseSeparableConv", "InvertedResidual")
+# timm keeps no SE ratio on the module; 0.25 is every registered generator's, and the converter refuses a block
+# whose reduced width this ratio does not give (FNA_SPEC §14.2b)
+SE_RATIO = 0.25
 
 
 def _build(model: str = "efficientnet_b0", **kwargs: Any) -> nn.Module:
@@ -114,7 +117,7 @@ def _layout(model: nn.Module) -> SeedLayout:
                                     "gives (ReLU with a hard-sigmoid gate, else the block's)")
             blocks.append(bn_pairs_and_se(model, name, type(se) if isinstance(se, nn.Module) and
                                           hasattr(se, "conv_reduce") else (), ("conv_reduce", "conv_expand"),
-                                          _se_ratio(se), hard_gate, hard_gate, act))
+                                          SE_RATIO, hard_gate, hard_gate, act))
     if tail is None:
         tail = ConvBN("conv_head", "bn2")
     stem = ConvBN("conv_stem", "bn1")
@@ -124,12 +127,6 @@ def _layout(model: nn.Module) -> SeedLayout:
     if pre is not None and (getattr(model, "norm_head", None) is not None and not isinstance(model.norm_head, nn.Identity)):
         raise SeedError(f"{type(model).__name__}'s head has a norm layer after conv_head, which fnatune cannot express")
     return build_layout(model, stem, blocks, tail, act=net_act, classifier="classifier", pre_logits=pre)
-
-
-def _se_ratio(se: Any) -> float:
-    """timm keeps no ratio on the module; 0.25 is what every SE of the registered generators uses, and
-    the converter refuses a block whose width this ratio does not give."""
-    return 0.25
 
 
 def _features(model: nn.Module, x: Tensor) -> Tensor:
