@@ -7,36 +7,42 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0 torchvision==0.28.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install install-core demo test test-fast lint bench clean
 
 # mmcv 2.1 (needed by mmseg 1.2 / mmdet 3.3, with its compiled ops) has no wheel for torch 2.13: it is
 # compiled once (25-30 min on a fresh 2-core machine; pip caches the wheel), after torch, without build isolation, and
 # its setup.py still imports pkg_resources (hence setuptools 80.9).
 MMCV    := mmcv==2.1.0
 PINS    := mlflow==3.17.2 "ray[tune,train]==2.60.0"
+CORE    := $(VENV)/.installed-core
 
-$(STAMP): pyproject.toml
+# What the default (torchvision) backend needs: torch, torchvision and fnatune. Nothing is compiled.
+$(CORE): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e . $(PINS)
+	touch $(CORE)
+
+# Everything: the test tools, timm, and the OpenMMLab extra (the mm backend), mmcv compiled once.
+$(STAMP): $(CORE)
 	$(BIN)/python -m pip install -q setuptools==80.9.0 ninja
 	MAX_JOBS=2 $(BIN)/python -m pip install -q --no-build-isolation $(MMCV)
 	$(BIN)/python -m pip install -q -e '.[dev,mm]' $(PINS)
 	touch $(STAMP)
 
+install-core: $(CORE)
+
 install: $(STAMP)
 
-# every demo starts fresh runs (a second `make demo` replaces the first one's run directories)
-demo: install
+# The demo needs no compile: the tiny seg, det and pose flows at demo size on the torchvision backend (every demo
+# starts fresh runs: a second `make demo` replaces the first one's run directories).
+demo: install-core
 	rm -rf runs/demo
-	$(BIN)/fnatune run pipelines/tiny/seg.yaml --run-dir runs/demo/tiny-seg
-	$(BIN)/fnatune run pipelines/tiny/det.yaml --run-dir runs/demo/tiny-det
-	$(BIN)/fnatune run pipelines/tiny/pose.yaml --run-dir runs/demo/tiny-pose
-	$(BIN)/fnatune spaces mbv2_det
-	$(BIN)/fnatune remap --seed mobilenet_v2 --space mbv2_det --arch supernet --out runs/demo/supernet
-	$(BIN)/fnatune remap --seed mobilenet_v2 --arch search_spaces/archs/fna_retinanet.json --out runs/demo/fna_retinanet
-	$(BIN)/fnatune cost --arch search_spaces/archs/fna_retinanet.json --input 800x1088
-	$(BIN)/fnatune cost --arch search_spaces/archs/mbv2_retinanet.json --input 800x1088
+	$(BIN)/fnatune run pipelines/demo/seg.yaml --run-dir runs/demo/seg
+	$(BIN)/fnatune run pipelines/demo/det.yaml --run-dir runs/demo/det
+	$(BIN)/fnatune run pipelines/demo/pose.yaml --run-dir runs/demo/pose
+	$(BIN)/fnatune cost --arch search_spaces/archs/fna_retinanet.json --input 800x1088 --task det
 
 # CI runs `make test`: the linter, then every test (the fast lane and the slow end-to-end ones)
 test: install lint

@@ -95,8 +95,8 @@ def tasks() -> None:
         t = get_task(n)
         raw = {"name": "list", "task": n, **({t.section: {}} if t.section and t.section_required else {})}
         space = validate(raw).space
-        click.echo(f"{n:<6} metric {t.metric:<9} space {space:<13} {t.description}"
-                   + ("" if t.available() else f"  [needs {', '.join(t.requires)}]"))
+        backends = ", ".join(b + ("" if t.available(b) else f" [needs {', '.join(t.requires(b))}]") for b in t.backends)
+        click.echo(f"{n:<6} metric {t.metric:<9} space {space:<13} {t.description}; backends: {backends}")
 
 
 @main.command()

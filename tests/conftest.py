@@ -62,3 +62,12 @@ def mnasnet_seed(mnasnet_checkpoint):  # type: ignore[no-untyped-def]
     from fnatune.seeds import load_seed
 
     return load_seed("mnasnet0_75", weights=str(mnasnet_checkpoint[1]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/mm/ needs the OpenMMLab extra: marked ``mm``, so `pytest -m "not mm"` is the suite
+    of an install without it."""
+    mm_dir = Path(__file__).parent / "mm"
+    for item in items:
+        if mm_dir in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.mm)

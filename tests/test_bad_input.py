@@ -256,3 +256,36 @@ def test_damaged_run_files_are_named_when_the_run_is_resumed(damage: Callable[[P
     damage(run)
     res = CliRunner().invoke(main, ["resume", str(run)])
     assert res.exit_code == 2 and re.search(expected, _one_error_line(res.output)), res.output
+
+
+@pytest.mark.parametrize("sets,expected", [
+    (["backend=mmdet"], r"backend: unknown backend 'mmdet'; expected one of torchvision, mm"),
+    (["backend=mm"], r"backend: mm needs OpenMMLab, and this environment lacks mmdet, mmcv\._ext \(mmcv's compiled "
+                     r"ops\); install it with `make install` .* or use backend: torchvision"),
+])
+def test_a_backend_that_cannot_run_is_one_line_before_ray_starts(sets: list[str], expected: str, tmp_path: Path,
+                                                                 no_ray: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fnatune.mm
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fnatune.mm, "missing", lambda: ["mmdet", "mmcv._ext (mmcv's compiled ops)"])
+    args = ["run", str(ROOT / "pipelines/tiny/det.yaml"), "--run-dir", "r"]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert re.fullmatch(expected, res.output.splitlines()[-1].strip()), res.output
+
+
+def test_pose_on_the_mm_backend_is_refused_naming_its_one_backend(tmp_path: Path, no_ray: None) -> None:
+    res = CliRunner().invoke(main, ["run", str(ROOT / "pipelines/tiny/pose.yaml"), "--run-dir", str(tmp_path / "r"),
+                                    "--set", "backend=mm"])
+    assert res.exit_code == 2 and res.output.splitlines()[-1].strip() == "backend: task pose runs on torchvision only, not mm"
+
+
+def test_an_openmmlab_config_given_as_a_pipeline_says_what_it_is(tmp_path: Path, no_ray: None) -> None:
+    res = CliRunner().invoke(main, ["run", str(ROOT / "pipelines/mm/retinanet_fna_coco.py"), "--run-dir",
+                                    str(tmp_path / "r")])
+    assert res.exit_code == 2
+    line = _one_error_line(res.output)
+    assert "retinanet_fna_coco.py is a Python file, an OpenMMLab config" in line and "backend: mm" in line

@@ -28,6 +28,9 @@ def test_spaces_and_seeds() -> None:
     assert code == 0 and "mobilenet_v2" in out and "mnasnet1_0" in out
     code, out = run("tasks")
     assert code == 0 and "seg    metric mIoU      space mbv2_seg" in out and "det    metric bbox_mAP  space mbv2_det" in out
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "backends: torchvision, mm" in lines["det"] and "backends: torchvision, mm" in lines["seg"]
+    assert lines["pose"].endswith("backends: torchvision")
 
 
 def test_remap_writes_weights_report_and_arch(tmp_path: Path, mbv2_checkpoint) -> None:  # type: ignore[no-untyped-def]

@@ -17,15 +17,23 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_shipped_pipelines_validate() -> None:
+    from fnatune.mm import missing
+
     names = []
     for p in sorted((ROOT / "pipelines").rglob("*.yaml")):
         if p.name.startswith("_"):  # partial bases (shared sections), not pipelines
+            continue
+        if p.parent.name == "mm" and missing():  # the mm backend's pipelines, refused without the mm extra
+            with pytest.raises(ConfigError, match="backend: mm needs OpenMMLab"):
+                load_config(p)
             continue
         cfg = load_config(p)
         check_sweep_keys(cfg, str(p))
         names.append(cfg.name)
     assert {"fna-seg-cityscapes", "fna-retinanet-coco", "fna-ssdlite-coco", "tiny-det", "tiny-ssdlite",
-            "tiny-seg-sweep", "fna-retinanet-sweep"} <= set(names)
+            "tiny-seg-sweep", "fna-retinanet-sweep", "demo-seg", "demo-det", "demo-pose"} <= set(names)
+    assert {load_config(ROOT / f"pipelines/{p}.yaml").backend for p in ("seg", "det", "ssdlite", "tiny/seg", "tiny/det")} \
+        == {"torchvision"}
 
 
 def test_sweep_section_is_checked_with_the_key_named() -> None:

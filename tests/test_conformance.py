@@ -189,18 +189,21 @@ def test_every_seed_computes_what_its_source_library_computes(seed_name: str, tm
 
 
 # ------------------------------------------------------------------------------------------ tasks
-@pytest.mark.parametrize("task_name", list_tasks())
-def test_every_task_trains_searches_and_evaluates_its_tiny_model(task_name: str, tmp_path: Path,
+@pytest.mark.parametrize("task_name,lib", [pytest.param(t, b, marks=[pytest.mark.mm] if b == "mm" else [])
+                                            for t in list_tasks() for b in get_task(t).backends])
+def test_every_task_trains_searches_and_evaluates_its_tiny_model(task_name: str, lib: str, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """On every backend the task runs on."""
     from fnatune.config import apply_overrides, load_raw, validate
     from fnatune.data import BatchStream
 
     task = get_task(task_name)
-    if not task.available():
-        pytest.skip(f"task {task_name} needs {', '.join(task.requires)}")
+    if not task.available(lib):
+        pytest.skip(f"task {task_name} on backend {lib} needs {', '.join(task.requires(lib))}")
     assert task.tiny_pipeline, f"task {task_name} names no tiny pipeline"
     monkeypatch.chdir(tmp_path)
-    raw = apply_overrides(load_raw(ROOT / task.tiny_pipeline), {**task.smoke, "data.root": str(tmp_path / "data")})
+    raw = apply_overrides(load_raw(ROOT / task.tiny_pipeline), {**task.smoke, "data.root": str(tmp_path / "data"),
+                                                                 "backend": lib})
     cfg = validate(raw, task.tiny_pipeline)
     backend = task.backend_for(cfg)
     assert backend.prepare()["train_images"] > 0

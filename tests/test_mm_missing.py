@@ -23,7 +23,7 @@ def test_det_pipeline_without_mmdet_names_the_install_commands(tmp_path: Path, m
     from fnatune.framework import Progress
     from fnatune.pipeline import execute
 
-    cfg = load_config(ROOT / "pipelines/tiny/det.yaml", ["tracking.enabled=false", "data.generate.num_train=2",
+    cfg = load_config(ROOT / "pipelines/tiny/det.yaml", ["backend=mm", "tracking.enabled=false", "data.generate.num_train=2",
                                                          "data.generate.num_val=1"])
     with pytest.raises(FnatuneError) as err:
         execute(cfg, tmp_path / "r", progress=Progress(lambda _: None))

@@ -91,7 +91,26 @@ class PipelineCfg(PipelineBase):
                 raise ValueError(f"'{other.section}' is only for task {other.name} (task is {self.task})")
         if mine.section and mine.section_required and getattr(self, mine.section, None) is None:
             raise ValueError(f"task is {self.task}, so '{mine.section}' must be given (e.g. {mine.section_example})")
+        self._check_backend(mine)
         return self
+
+    def _check_backend(self, task: Any) -> None:
+        """The backend exists, the task runs on it, and its libraries are installed (checked without importing
+        them, so `fnatune run` says so before Ray starts)."""
+        from fnatune.tasks import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: unknown backend '{self.backend}'; expected one of {', '.join(BACKENDS)}")
+        if self.backend not in task.backends:
+            raise ValueError(f"backend: task {self.task} runs on {', '.join(task.backends)} only, not {self.backend}")
+        if self.backend == "mm":
+            from fnatune.mm import missing
+
+            lacking = missing()
+            if lacking:
+                raise ValueError(f"backend: mm needs OpenMMLab, and this environment lacks {', '.join(lacking)}; "
+                                 "install it with `make install` (compiles mmcv 2.1; README: Installing the mm extra) "
+                                 "or use backend: torchvision")
 
     def metric_name(self) -> str:
         """The metric sweeps optimise and summaries show: ``sweep.metric``, else the task's headline metric."""
@@ -186,6 +205,10 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The file merged over its ``_base_`` chain, unvalidated."""
     path = Path(path).resolve()
+    if path.suffix == ".py":
+        raise ConfigError(f"{path} is a Python file, an OpenMMLab config (pipelines/mm/ holds two), not a pipeline YAML: "
+                          "run it with mmdet's or mmseg's own tools (`python tools/train.py ...`, the mm extra), or "
+                          "run a pipeline YAML with `backend: mm`")
     if path in _seen:
         raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
     data = read_yaml_mapping(path)
@@ -233,8 +256,12 @@ def _split_override(text: str) -> tuple[str, Any]:
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: {err.error_count()} problem(s) in the pipeline config:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if not loc and e["type"] == "value_error":  # a check across keys: its message names them itself
+            lines.append(f"  {msg}")
+            continue
+        loc = loc or "(top level)"
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not part of the schema; check the spelling)"
         got = e.get("input")

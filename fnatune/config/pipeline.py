@@ -31,6 +31,9 @@ class PipelineBase(Section):
     task: str
     seed: int = 1
     device: str = "cpu"
+    # which implementation runs the task's model, data and metric: torchvision (default; nothing compiled) or mm
+    # (OpenMMLab, the `mm` extra); the search, remapping and loops are the same on both
+    backend: str = "torchvision"
     space: str
     arch: str | None = None           # with search.enabled false: an arch JSON, or "seed" (the seed's own layout)
     seed_net: SeedCfg = Field(default_factory=SeedCfg)

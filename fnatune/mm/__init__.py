@@ -31,6 +31,24 @@ def require(name: str) -> ModuleType:
         raise FnatuneError(f"cannot import {name} ({type(e).__name__}: {e}).\n{INSTALL_HINT}") from e
 
 
+def missing() -> list[str]:
+    """What the mm backend needs and this environment lacks, found without importing anything (the driver of
+    `fnatune run` validates configs without torch): the distributions mmcv, mmdet, mmsegmentation and mmengine,
+    and mmcv's compiled ops (``mmcv/_ext*``: mmcv-lite and a failed compile lack them)."""
+    from importlib import metadata
+
+    out = []
+    for dist in ("mmcv", "mmengine", "mmdet", "mmsegmentation"):
+        try:
+            files = metadata.files(dist) or []
+        except metadata.PackageNotFoundError:
+            out.append(dist)
+            continue
+        if dist == "mmcv" and not any(str(f).startswith("mmcv/_ext") for f in files):
+            out.append("mmcv._ext (mmcv's compiled ops)")
+    return out
+
+
 def available(name: str = "mmseg") -> bool:
     try:
         require(name)

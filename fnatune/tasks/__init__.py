@@ -35,9 +35,20 @@ class TaskBackend(ABC):
     """One task's data, model and metric for one pipeline config. The search, fine-tune and evaluation loops
     are the same for every task; this is what differs."""
 
+    #: per backend (``cfg.backend``), the module that implements the task's data, model and metric on it; every
+    #: such module has the same functions (:mod:`fnatune.tv.det` and :mod:`fnatune.mm.det`, for example)
+    libraries: Mapping[str, str] = {}
+
     def __init__(self, cfg: PipelineBase) -> None:
         self.cfg = cfg
         self.task = get_task(cfg.task)
+
+    @property
+    def lib(self) -> Any:
+        """This run's backend module (importing the mm one raises the install hint where OpenMMLab is missing)."""
+        import importlib
+
+        return importlib.import_module(self.libraries[self.cfg.backend])
 
     @property
     def headline(self) -> str:
@@ -121,15 +132,20 @@ class TaskBackend(ABC):
                 "madds_paper_resolution": float(count_madds(model, self.cost_input(), **self.madds_kwargs))}
 
 
+#: the backends a task may run on; ``torchvision`` needs nothing compiled, ``mm`` is the OpenMMLab extra
+BACKENDS = ("torchvision", "mm")
+
+
 @dataclass(frozen=True)
 class Task:
     """A registered task; see the module docstring.
 
     ``defaults(raw)`` returns config values for a raw (unvalidated) pipeline mapping of this task; the
     file's own values win over them. ``section``/``section_model`` declare the task's own config section,
-    ``section_required`` whether a pipeline must write it. ``requires`` are the modules its backend imports
-    (an optional library: :meth:`available` says whether they import here). ``smoke`` are ``--set``
-    overrides that shrink the ``tiny_pipeline`` to a few seconds, for the conformance tests.
+    ``section_required`` whether a pipeline must write it. ``backends`` maps each backend the task runs on
+    (:data:`BACKENDS`) to the modules that backend imports (an optional library: :meth:`available` says whether
+    they import here); the first is the default. ``smoke`` are ``--set`` overrides that shrink the
+    ``tiny_pipeline`` to a few seconds, for the conformance tests.
     """
 
     name: str
@@ -141,18 +157,26 @@ class Task:
     section_model: type[BaseModel] | None = None
     section_required: bool = False
     section_example: str = ""
-    requires: tuple[str, ...] = ()
+    backends: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {"torchvision": ()})
     tiny_pipeline: str | None = None
     smoke: Mapping[str, Any] = field(default_factory=dict)
 
     def backend_for(self, cfg: PipelineBase) -> TaskBackend:
         return self.backend(cfg)
 
-    def available(self) -> bool:
-        """Whether every module in ``requires`` imports in this environment."""
+    @property
+    def default_backend(self) -> str:
+        return next(iter(self.backends))
+
+    def requires(self, backend: str | None = None) -> tuple[str, ...]:
+        """The modules ``backend`` (default: the task's default backend) imports."""
+        return tuple(self.backends[backend or self.default_backend])
+
+    def available(self, backend: str | None = None) -> bool:
+        """Whether every module ``backend`` (default: the default one) needs imports in this environment."""
         import importlib
 
-        for name in self.requires:
+        for name in self.requires(backend):
             try:
                 importlib.import_module(name)
             except Exception:  # ImportError, or a library's own error when its compiled part is missing
@@ -182,4 +206,4 @@ def get_task(name: str) -> Task:
     return _TASKS.create(name)
 
 
-__all__ = ["COUNTING_TARGETS", "Task", "TaskBackend", "get_task", "list_tasks", "register_task"]
+__all__ = ["BACKENDS", "COUNTING_TARGETS", "Task", "TaskBackend", "get_task", "list_tasks", "register_task"]

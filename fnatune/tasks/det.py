@@ -1,6 +1,6 @@
 """Object detection (FNA_SPEC §3.2, §3.3, §5.5, §6.1, §6.2): COCO-format data, RetinaNet or SSDLite around
-our backbone (mmdet), COCO bbox mAP. Its config section is ``detector``. The stages are task-independent
-(:mod:`fnatune.stages`)."""
+our backbone, COCO bbox mAP, on torchvision (:mod:`fnatune.tv.det`, the default) or mmdet (:mod:`fnatune.mm.det`).
+Its config section is ``detector``. The stages are task-independent (:mod:`fnatune.stages`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -35,14 +35,13 @@ class DetectorCfg(Section):
     channels: int = Field(256, ge=8)                     # retinanet FPN and head width (the paper: 256)
 
 
-def _mm() -> Any:
-    from fnatune.mm import det
-
-    return det
-
-
 class DetBackend(TaskBackend):
-    madds_kwargs = {"mode": "tensor"}
+    libraries = {"torchvision": "fnatune.tv.det", "mm": "fnatune.mm.det"}
+
+    @property
+    def madds_kwargs(self) -> dict[str, Any]:  # type: ignore[override]
+        """mmdet detectors count their raw head outputs with ``mode="tensor"``; ours return them from forward."""
+        return {"mode": "tensor"} if self.cfg.backend == "mm" else {}
 
     @property
     def detector(self) -> DetectorCfg:
@@ -61,22 +60,22 @@ class DetBackend(TaskBackend):
             info = check_coco(d.root, split, d.num_classes, check_files=d.check_labels)
             metrics[f"{split}_images"] = float(info["images"])
             metrics[f"{split}_boxes"] = float(info["annotations"])
-        _mm()  # fail here, early and clearly, when OpenMMLab is missing
+        self.lib  # noqa: B018  (fails here, early and clearly, when the backend's library is missing)
         return metrics
 
     def _train_pipeline(self, a: Any) -> list[dict[str, Any]]:
-        return _mm().train_pipeline(a.scale, a.keep_ratio, a.flip, a.ssd_augment, self.cfg.data.mean)
+        return self.lib.train_pipeline(a.scale, a.keep_ratio, a.flip, a.ssd_augment, self.cfg.data.mean)
 
     def search_sets(self) -> tuple[Dataset[Any], Dataset[Any]]:
         """FNA's halves of the train set: part 1 with the train pipeline, part 2 with the val pipeline
         (boxes kept); ``split.arch_data`` says which half feeds the arch steps (FNA's code: part 1)."""
         from torch.utils.data import Subset
 
-        mm, d, s = _mm(), self.cfg.data, self.cfg.search
+        lib, d, s = self.lib, self.cfg.data, self.cfg.search
         a = s.augment
-        aug = mm.coco(d.root, "train", self._train_pipeline(a))
-        plain = mm.coco(d.root, "train", mm.plain_pipeline(a.scale, a.keep_ratio, with_labels_resized=True))
-        idx1, idx2 = mm.search_subsets(aug, plain, d.root, "train", s.split.fraction, s.split.seed)
+        aug = lib.coco(d.root, "train", self._train_pipeline(a))
+        plain = lib.coco(d.root, "train", lib.plain_pipeline(a.scale, a.keep_ratio, with_labels_resized=True))
+        idx1, idx2 = lib.search_subsets(aug, plain, d.root, "train", s.split.fraction, s.split.seed)
         if s.split.arch_data == "augmented":
             return Subset(aug, idx1), Subset(plain, idx2)
         if s.split.arch_data == "both":
@@ -84,11 +83,11 @@ class DetBackend(TaskBackend):
         return Subset(plain, idx2), Subset(aug, idx1)
 
     def train_set(self) -> Dataset[Any]:
-        return _mm().coco(self.cfg.data.root, "train", self._train_pipeline(self.cfg.finetune.augment))
+        return self.lib.coco(self.cfg.data.root, "train", self._train_pipeline(self.cfg.finetune.augment))
 
     def val_set(self) -> Dataset[Any]:
         a = self.cfg.finetune.augment
-        return _mm().coco(self.cfg.data.root, "val", _mm().plain_pipeline(a.scale, a.keep_ratio, False), test_mode=True)
+        return self.lib.coco(self.cfg.data.root, "val", self.lib.plain_pipeline(a.scale, a.keep_ratio, False), test_mode=True)
 
     def _config(self, backbone: dict[str, Any], arch: Arch) -> dict[str, Any]:
         det, d = self.detector, self.cfg.data
@@ -98,15 +97,15 @@ class DetBackend(TaskBackend):
             if len(chans) != 4:
                 raise FnatuneError(f"detector.type retinanet needs a space with 4 taps (C2..C5); space "
                                    f"'{self.cfg.space}' has {len(chans)} (use space: mbv2_det)")
-            return _mm().retinanet_config(backbone, chans, d.num_classes, d.mean, d.std, nms_pre=det.nms_pre,
+            return self.lib.retinanet_config(backbone, chans, d.num_classes, d.mean, d.std, nms_pre=det.nms_pre,
                                           channels=det.channels, **post)
         if len(chans) != 2:
             raise FnatuneError(f"detector.type ssdlite needs a space with 2 taps (the 576 expansion and the 1280 "
                                f"tail); space '{self.cfg.space}' has {len(chans)} (use space: mbv2_ssdlite)")
-        return _mm().ssdlite_config(backbone, chans, d.num_classes, d.mean, d.std, nms_pre=det.nms_pre, **post)
+        return self.lib.ssdlite_config(backbone, chans, d.num_classes, d.mean, d.std, nms_pre=det.nms_pre, **post)
 
     def model(self, backbone: dict[str, Any], arch: Arch, phase: str) -> nn.Module:
-        return _mm().build_model(self._config(backbone, arch))
+        return self.lib.build_model(self._config(backbone, arch))
 
     def taps_for(self, arch: Arch) -> tuple[str, ...]:
         """RetinaNet: C2..C5, the last stage at each of the strides 4, 8, 16, 32. SSDLite: the inner activation of
@@ -124,18 +123,18 @@ class DetBackend(TaskBackend):
         return (f"{stage}.0.expand", "tail")
 
     def collate(self, batch: list[Any]) -> Any:
-        return _mm().collate(batch)
+        return self.lib.collate(batch)
 
     def loss_fn(self, model: nn.Module) -> Any:
-        return _mm().loss_fn(model)
+        return self.lib.loss_fn(model)
 
     def evaluate(self, model: nn.Module, dataset: Dataset[Any]) -> dict[str, float]:
-        return _mm().evaluate(model, dataset, self.cfg.data.root, "val", self.cfg.evaluate.max_images)
+        return self.lib.evaluate(model, dataset, self.cfg.data.root, "val", self.cfg.evaluate.max_images)
 
     def whole_model(self, arch: Arch) -> nn.Module:
-        """The mmdet detector, uninitialised (counting needs no init); its MAdds are counted with a forward on
-        the meta device at the paper's resolution (RetinaNet 800x1088, SSDLite 320x320)."""
-        return _mm().build_model(self._config(dict(type="FNABackbone", arch=arch.to_dict()), arch), init=False)
+        """The whole detector (mmdet's uninitialised: counting needs no init); its MAdds are counted with a forward
+        on the meta device at the paper's resolution (RetinaNet 800x1088, SSDLite 320x320)."""
+        return self.lib.build_model(self._config(dict(type="FNABackbone", arch=arch.to_dict()), arch), init=False)
 
     def export_size(self) -> tuple[int, int]:
         return tuple(self.cfg.finetune.augment.scale)  # type: ignore[return-value]
@@ -149,9 +148,9 @@ def _defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 DET = register_task(Task(
     name="det", metric="bbox_mAP", backend=DetBackend, defaults=_defaults,
-    description="object detection: RetinaNet or SSDLite (mmdet) on a COCO layout, COCO bbox mAP",
+    description="object detection: RetinaNet or SSDLite (torchvision or mmdet) on a COCO layout, COCO bbox mAP",
     section="detector", section_model=DetectorCfg, section_required=True,
-    requires=("mmcv._ext", "mmdet.models"),
+    backends={"torchvision": ("torchvision.ops", "pycocotools"), "mm": ("mmcv._ext", "mmdet.models")},
     section_example="detector: {type: retinanet}", tiny_pipeline="pipelines/tiny/det.yaml",
     smoke={"data.generate": {"num_train": 4, "num_val": 1, "size": [64, 96], "max_objects": 2},
            "search.augment.scale": [64, 96], "search.batch_size": 2, "finetune.augment.scale": [64, 96],

@@ -8,10 +8,6 @@ setting SimpleBaseline reports as "GT bbox"); a detector's boxes are not part of
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -218,23 +214,11 @@ def keypoint_results(items: list[dict[str, Any]], heatmaps: Any, stride: int, in
 def coco_keypoint_metrics(ann_file: str | Path, results: list[dict[str, Any]],
                           image_ids: list[int] | None = None) -> dict[str, float]:
     """pycocotools' COCOeval on keypoint results (COCO's results format), its ten stats in percent."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    from fnatune.tv.metrics import cocoeval_stats
 
     if not results:
         return {k: 0.0 for k in METRICS}
-    with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as d:
-        gt = COCO(str(ann_file))
-        path = Path(d) / "results.json"
-        path.write_text(json.dumps(results))
-        dt = gt.loadRes(str(path))
-        ev = COCOeval(gt, dt, "keypoints")
-        if image_ids is not None:
-            ev.params.imgIds = list(image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {k: 100.0 * max(float(v), 0.0) for k, v in zip(METRICS, ev.stats)}
+    return dict(zip(METRICS, cocoeval_stats(ann_file, results, "keypoints", image_ids)))
 
 
 def _defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -245,7 +229,7 @@ POSE = register_task(Task(
     name="pose", metric="AP", backend=PoseBackend, defaults=_defaults,
     description="human pose, top-down: SimpleBaseline heatmaps on a COCO keypoints layout, COCO keypoint AP (OKS)",
     section="pose", section_model=PoseCfg, section_example="pose: {input_size: [256, 192]}",
-    requires=("pycocotools",), tiny_pipeline="pipelines/tiny/pose.yaml",
+    backends={"torchvision": ("pycocotools",)}, tiny_pipeline="pipelines/tiny/pose.yaml",
     smoke={"data.generate": {"num_train": 4, "num_val": 2, "size": [64, 96], "max_objects": 2},
            "pose.input_size": [64, 64], "pose.channels": 16, "search.batch_size": 2, "finetune.batch_size": 2,
            "evaluate.max_images": 1}))

@@ -222,31 +222,6 @@ def test_plain_mmdet_and_mmseg_configs_build_and_load_a_run_backbone(tmp_path: P
         det.build_model(cfg.model.to_dict())
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_det_pipeline_without_coco_names_the_layout_and_the_tiny_pipeline(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(main, ["run", str(ROOT / "pipelines/det.yaml"), "--run-dir", "r",
-                                    "--set", "tracking.enabled=false", "--set", "seed_net.weights=null",
-                                    "--set", "device=cpu"])
-    assert res.exit_code == 2
-    assert "dataset not found at data/coco" in res.output
-    assert "annotations/instances_train2017.json" in res.output and "pipelines/tiny/det.yaml" in res.output
-
-
-def test_a_detector_on_a_space_with_the_wrong_taps_is_a_clear_error() -> None:
-    from fnatune.config import load_config
-    from fnatune.errors import FnatuneError
-    from fnatune.space import get_space
-    from fnatune.tasks.det import DetBackend
-
-    cfg = load_config(ROOT / "pipelines/tiny/det.yaml", ["space=mbv2_ssdlite"])
-    arch = get_space("mbv2_ssdlite").sample(0)
-    with pytest.raises(FnatuneError, match="retinanet needs a space with 4 taps.*use space: mbv2_det"):
-        DetBackend(cfg).model(dict(type="FNABackbone", arch=arch.to_dict()), arch, "finetune")
-
-
 def test_resnet50_retinanet_counts_exactly_as_mmdets_own_model() -> None:
     """The ResNet-50 seed's own layout inside our RetinaNet has mmdet's retinanet_r50_fpn_1x_coco parameter count
     exactly and its MAdds within 0.1% (convs and linears at 800x1088, the same counter); `fnatune cost` prints them."""
@@ -275,3 +250,22 @@ def test_resnet50_retinanet_counts_exactly_as_mmdets_own_model() -> None:
     res = CliRunner().invoke(main, ["cost", "--arch", "resnet50", "--task", "det", "--detector", "ssdlite",
                                     "--input", "320"])
     assert res.exit_code == 2 and "ssdlite needs an arch with a 1x1 tail" in res.output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tiny_pipeline_runs_on_the_mm_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiny det through mmdet at smoke size: every stage runs, the metric is logged, the config says mm."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FNATUNE_CACHE", str(tmp_path / "cache"))
+    from fnatune.tasks import get_task
+
+    smoke = [f"{k}={json.dumps(v)}" for k, v in get_task("det").smoke.items()]
+    sets = [a for s in [*smoke, "pretrain.iters=20", "pretrain.per_class_train=8", "pretrain.per_class_val=2",
+                        "search.epochs=2", "search.warmup_epochs=1", "finetune.iters=6", "export.input=[64, 96]",
+                        "tracking.enabled=false"] for a in ("--set", s)]
+    res = CliRunner().invoke(main, ["run", str(ROOT / "pipelines/mm/tiny_det.yaml"), "--run-dir", "run", *sets])
+    assert res.exit_code == 0, res.output
+    assert "backend: mm" in (tmp_path / "run/config.yaml").read_text()
+    metrics = json.loads((tmp_path / "run/stages/evaluate/done.json").read_text())["metrics"]
+    assert set(metrics) >= {f"bbox_{k}" for k in det.METRIC_NAMES}
