@@ -4,14 +4,15 @@ A task is one module of this package that registers a :class:`Task`: its name, i
 defaults it fills into a pipeline config (its default space, its data root and class count), the config
 section of its own (detection's ``detector``), the pipeline that runs it on generated data, and its
 :class:`TaskBackend`. The backend is everything the task-independent stages need from the task: the data
-checks and datasets, the library model around a backbone, the loss, the metric and the whole-network cost.
-The config schema, the stages, the experiment and the summary read all of this from the registry and name
-no task.
+checks and datasets, the library model around a backbone, the loss, the metric and the whole-network cost. A task
+may run on several libraries (``backend: torchvision | mm``, :data:`BACKENDS`): its :class:`TaskBackend` then
+names one module per library (``libraries``), each with the same functions, and calls the run's. The config
+schema, the stages, the experiment and the summary read all of this from the registry and name no task.
 
 Task modules stay importable without torch (the driver of ``fnatune run`` validates configs and never
 imports torch); their backends import the heavy libraries inside their methods. Adding a task = its module
-here (found automatically), its OpenMMLab adapter where it has one, its pipelines and its tests; other
-packages add tasks under the ``fnatune.tasks`` entry-point group.
+here (found automatically), its module per library (``fnatune/tv/``, ``fnatune/mm/``), its pipelines and its
+tests; other packages add tasks under the ``fnatune.tasks`` entry-point group.
 """
 from __future__ import annotations
 
