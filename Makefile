@@ -62,6 +62,7 @@ bench: install
 	$(BIN)/python benchmarks/data_throughput.py
 	$(BIN)/python benchmarks/tune_overhead.py
 	$(BIN)/python benchmarks/search_quality.py
+	$(BIN)/python benchmarks/backends.py
 
 clean:
 	rm -rf $(VENV) runs data mlflow.db mlartifacts

@@ -83,7 +83,6 @@ def test_shards_are_disjoint_and_equally_long() -> None:
 def test_pipeline_search_and_finetune_run_data_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``resources.workers: 2``: the trial runs its search and fine-tune on two Ray Train workers; rank 0
     writes the stage outputs, the other stages run in the trial as usual."""
-    pytest.importorskip("mmseg")
     import json
 
     from click.testing import CliRunner

@@ -18,7 +18,6 @@ import yaml
 from click.testing import CliRunner
 
 pytest.importorskip("ray")
-pytest.importorskip("mmseg")
 
 from fnatune.cli import main
 
