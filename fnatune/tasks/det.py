@@ -98,7 +98,7 @@ class DetBackend(TaskBackend):
                 raise FnatuneError(f"detector.type retinanet needs a space with 4 taps (C2..C5); space "
                                    f"'{self.cfg.space}' has {len(chans)} (use space: mbv2_det)")
             return self.lib.retinanet_config(backbone, chans, d.num_classes, d.mean, d.std, nms_pre=det.nms_pre,
-                                          channels=det.channels, **post)
+                                             channels=det.channels, **post)
         if len(chans) != 2:
             raise FnatuneError(f"detector.type ssdlite needs a space with 2 taps (the 576 expansion and the 1280 "
                                f"tail); space '{self.cfg.space}' has {len(chans)} (use space: mbv2_ssdlite)")

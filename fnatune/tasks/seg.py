@@ -65,8 +65,9 @@ class SegBackend(TaskBackend):
     def model(self, backbone: dict[str, Any], arch: Arch, phase: str) -> nn.Module:
         d, e = self.cfg.data, self.cfg.evaluate
         crop = (self.cfg.search if phase == "search" else self.cfg.finetune).augment.crop
-        cfg = self.lib.model_config(backbone, arch.tap_channels(arch.skeleton.taps[-1]), d.num_classes, d.mean, d.std,
-                                 crop, d.ignore_index, test_mode=e.mode, test_crop=e.crop, test_stride=e.stride)
+        cfg = self.lib.model_config(backbone, arch.tap_channels(arch.skeleton.taps[-1]), d.num_classes, d.mean,
+                                    d.std, crop, d.ignore_index, test_mode=e.mode, test_crop=e.crop,
+                                    test_stride=e.stride)
         return self.lib.build_model(cfg)
 
     def collate(self, batch: list[Any]) -> Any:

@@ -70,14 +70,17 @@ class CropAtMost(v2.Transform):
 
 
 class PhotometricDistortion(v2.Transform):
-    """mmdet's ``PhotoMetricDistortion`` (SSD): each step with probability 1/2, contrast either before or after the
-    colour steps: brightness by an additive delta in [-32, 32] (on 0-255), contrast x [0.5, 1.5], saturation x
-    [0.5, 1.5], hue shifted by up to 18 of OpenCV's 180 hue steps (0.1 of the circle), then a channel swap with
-    probability 1/2 is *not* done (FNA's mmdet 0.6 config has none). torchvision's ``RandomPhotometricDistort`` has
-    a multiplicative brightness, hence this class on v2's kernels."""
+    """mmdet 3.3's ``PhotoMetricDistortion`` (SSD), step for step, each step with probability 1/2: brightness by an
+    additive delta in [-32, 32] (on 0-255); contrast by multiplying the pixels by [0.5, 1.5], either first or last;
+    saturation: HSV's S times [0.5, 1.5], clipped at 1 (done in RGB: every channel moves towards or away from the
+    pixel's max, which keeps hue and value); hue shifted by up to 18 degrees (OpenCV's float HSV is in degrees);
+    then the channels permuted at random. The one difference: values are clipped to 0-255 between steps (the image
+    stays uint8 for the next transforms; mmdet's float image may leave the range). torchvision's
+    ``RandomPhotometricDistort`` differs in brightness (multiplicative), contrast and saturation (blends with the
+    mean and the grey image) and has no clipped-S rule, hence this class."""
 
     def __init__(self, brightness_delta: float = 32, contrast: Sequence[float] = (0.5, 1.5),
-                 saturation: Sequence[float] = (0.5, 1.5), hue_delta: float = 18 / 180) -> None:
+                 saturation: Sequence[float] = (0.5, 1.5), hue_delta: float = 18.0) -> None:
         super().__init__()
         self.brightness_delta, self.contrast, self.saturation, self.hue_delta = (
             float(brightness_delta), tuple(contrast), tuple(saturation), float(hue_delta))
@@ -89,7 +92,16 @@ class PhotometricDistortion(v2.Transform):
         return {"brightness": maybe(-self.brightness_delta, self.brightness_delta),
                 "contrast_first": bool(torch.rand(()) < 0.5),
                 "contrast": maybe(*self.contrast), "saturation": maybe(*self.saturation),
-                "hue": maybe(-self.hue_delta, self.hue_delta)}
+                "hue": maybe(-self.hue_delta, self.hue_delta),
+                "swap": torch.randperm(3).tolist() if bool(torch.rand(()) < 0.5) else None}
+
+    @staticmethod
+    def scale_saturation(img: torch.Tensor, factor: float) -> torch.Tensor:
+        """HSV's S x ``factor``, clipped at 1, on a float RGB image: c -> V - (V - c)·k, k = min(factor, 1/S)."""
+        v = img.amax(0, keepdim=True)
+        s = (v - img.amin(0, keepdim=True)) / v.clamp(min=1e-6)
+        k = torch.minimum(torch.full_like(s, factor), 1 / s.clamp(min=1e-6))
+        return v - (v - img) * k
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not isinstance(inpt, tv_tensors.Image):
@@ -98,13 +110,15 @@ class PhotometricDistortion(v2.Transform):
         if params["brightness"] is not None:
             img = (img + params["brightness"]).clamp(0, 255)
         if params["contrast_first"] and params["contrast"] is not None:
-            img = F.adjust_contrast(img / 255, params["contrast"]) * 255
+            img = (img * params["contrast"]).clamp(0, 255)
         if params["saturation"] is not None:
-            img = F.adjust_saturation(img / 255, params["saturation"]) * 255
+            img = self.scale_saturation(img, params["saturation"]).clamp(0, 255)
         if params["hue"] is not None:
-            img = F.adjust_hue(img / 255, params["hue"]) * 255
+            img = F.adjust_hue(img / 255, params["hue"] / 360) * 255
         if not params["contrast_first"] and params["contrast"] is not None:
-            img = F.adjust_contrast(img / 255, params["contrast"]) * 255
+            img = (img * params["contrast"]).clamp(0, 255)
+        if params["swap"] is not None:
+            img = img[params["swap"]]
         return tv_tensors.wrap(img.round().clamp(0, 255).to(torch.uint8), like=inpt)
 
 

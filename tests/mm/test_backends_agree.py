@@ -25,6 +25,9 @@ from fnatune.mm import seg as mm_seg
 from fnatune.space import get_space
 from fnatune.tv import det as tv_det
 from fnatune.tv import seg as tv_seg
+from fnatune.tv.detection import grid_anchors
+from fnatune.tv.retinanet import STRIDES as RETINA_STRIDES
+from fnatune.tv.ssdlite import STRIDES as SSD_STRIDES
 from search_spaces import ARCHS_DIR
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
@@ -132,8 +135,7 @@ def test_anchors_are_mmdets() -> None:
                         ("fna_ssdlite", [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)])]:
         tv_model, mm_model = _detectors(name)
         theirs = mm_model.bbox_head.prior_generator.grid_priors(sizes, device="cpu")
-        from fnatune.tv.detection import grid_anchors
-        strides = (tv_model.__class__.__module__.endswith("retinanet") and (8, 16, 32, 64, 128)) or (16, 32, 64, 107, 160, 320)
+        strides = RETINA_STRIDES if "retina" in name else SSD_STRIDES
         ours = [grid_anchors(b, s, hw) for b, s, hw in zip(tv_model.base, strides, sizes)]
         for a, b in zip(ours, theirs):
             assert torch.allclose(a, b, atol=1e-4)
@@ -228,3 +230,25 @@ def test_coco_numbers_are_mmdets_coco_metric(tmp_path: Path) -> None:
     assert ours["bbox_mAP"] > 0
     for k in mm_det.METRIC_NAMES:  # an area range without ground truth: COCO's -1, reported as 0 here
         assert round(ours[f"bbox_{k}"] / 100, 3) == pytest.approx(max(theirs[f"bbox_{k}"], 0.0), abs=1e-9), k
+
+
+@pytest.mark.parametrize("contrast_first", [True, False])
+def test_photometric_distortion_is_mmdets(contrast_first: bool) -> None:
+    """The same draws through mmdet's PhotoMetricDistortion (BGR, float) and ours (RGB, uint8): equal to rounding."""
+    import numpy as np
+    from mmdet.datasets.transforms import PhotoMetricDistortion as Theirs
+    from torchvision import tv_tensors
+
+    from fnatune.tv.transforms import PhotometricDistortion
+
+    g = torch.Generator().manual_seed(7)
+    rgb = torch.randint(40, 200, (3, 24, 32), generator=g, dtype=torch.uint8)
+    theirs = Theirs()
+    flags = (1 if contrast_first else 0, 1, 1, 1, 1, 0, 12.0, 1.2, 1.4, 15.0, np.arange(3))
+    theirs._random_flags = lambda: flags  # mode, flags, delta, alpha, saturation, hue, swap
+    bgr = rgb.flip(0).permute(1, 2, 0).numpy().copy()
+    want = np.clip(theirs.transform({"img": bgr})["img"], 0, 255)[..., ::-1].transpose(2, 0, 1)
+    params = {"brightness": 12.0, "contrast_first": contrast_first, "contrast": 1.2, "saturation": 1.4, "hue": 15.0,
+              "swap": None}
+    ours = PhotometricDistortion().transform(tv_tensors.Image(rgb), params)
+    assert np.abs(ours.numpy().astype(np.float64) - want).max() <= 1.0

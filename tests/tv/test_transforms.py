@@ -81,5 +81,18 @@ def test_augmentation_is_a_function_of_the_stream_seed_and_leaves_torch_rng_alon
 def test_photometric_distortion_adds_brightness_as_mmdet_does() -> None:
     img = tv_tensors.Image(torch.full((3, 4, 4), 100, dtype=torch.uint8))
     t = T.PhotometricDistortion()
-    params = {"brightness": 20.0, "contrast_first": True, "contrast": None, "saturation": None, "hue": None}
+    params = {"brightness": 20.0, "contrast_first": True, "contrast": None, "saturation": None, "hue": None,
+              "swap": None}
     assert torch.equal(t.transform(img, params), torch.full((3, 4, 4), 120, dtype=torch.uint8))
+
+
+def test_saturation_scales_hsv_s_and_clips_it_at_one() -> None:
+    import colorsys
+
+    img = torch.tensor([[[200.0]], [[100.0]], [[50.0]]])
+    for factor in (0.5, 1.4, 5.0):
+        out = T.PhotometricDistortion.scale_saturation(img, factor)[:, 0, 0] / 255
+        h, s, v = colorsys.rgb_to_hsv(*(img[:, 0, 0] / 255).tolist())
+        h2, s2, v2 = colorsys.rgb_to_hsv(*out.tolist())
+        assert h2 == pytest.approx(h, abs=1e-6) and v2 == pytest.approx(v, abs=1e-6)
+        assert s2 == pytest.approx(min(s * factor, 1.0), abs=1e-6)
