@@ -18,17 +18,26 @@ library's own parts (remapping, :class:`fnatune.search.Searcher`, :class:`fnatun
    5% of the searched archs' mean. An arch's score is its mean val mIoU over the fine-tune seeds;
 3. random search at equal total cost: ``--rs-n`` (4) more matched random archs, each fine-tuned with 1/N of what
    one search plus one fine-tune cost (measured in seconds and turned into iterations), the best of them by val
-   mIoU, once per fine-tune seed;
+   mIoU, once per fine-tune seed; beside it, that pick fine-tuned as every other arch is (the arch's own quality,
+   apart from its longer fine-tune and its selection on the val score it reports);
 4. the searched pool against the random pool: the difference of the searched mean and the random median, a 95%
    bootstrap interval of it (archs resampled within each pool), and a one-sided Mann-Whitney rank test (exact);
    how much the searched archs agree (the share of identical ops per layer, over pairs of search seeds) and alpha's
-   entropy at the end.
+   entropy at the end (at the search's final temperature).
+
+``--configs`` compares ways to search and derive (:data:`CONFIGS`): ``fna`` (the toolkit's default: FNA's constant
+temperature and argmax), ``paths`` (``search.derive.method: paths``), ``anneal`` (``search.temperature_final``,
+``--anneal-to``) and ``anneal+paths``. Configurations that differ only in the derivation share their searches; every
+arch is fine-tuned once per fine-tune seed however many configurations derive it. Each configuration is compared with
+random archs matched to its own mean MAdds (one shared pool where the means are within 5%), and gets its own verdict.
+Four configurations took 31 minutes here, two 24 (a random pool per configuration is most of it).
 
 Goal (issue 27): the searched mean beats the random median by more than the larger of the two pools' standard
 deviations, with an interval that excludes 0, and matches or beats random search at equal total cost. The last line
 reads ``search quality: goal met`` or ``search quality: goal missed (...)``; it exits 0 either way.
 
-    python benchmarks/search_quality.py [--seeds 5] [--random 10] [--ft-seeds 2] [--rs-n 4] [--threads 2] [--smoke]
+    python benchmarks/search_quality.py [--configs fna[,paths,anneal,anneal+paths]] [--seeds 5] [--seed-offset 0]
+                                        [--random 10] [--ft-seeds 2] [--rs-n 4] [--threads 2] [--smoke]
 
 ``--smoke`` runs every part at a budget of seconds (a check that the script works, not a measurement).
 """
@@ -51,7 +60,7 @@ from torch import Tensor, nn
 from torch.utils.data import Subset, TensorDataset
 
 from fnatune.arch import Arch
-from fnatune.config.sections import SearchCfg, TrainLoopCfg
+from fnatune.config.sections import DeriveCfg, SearchCfg, TrainLoopCfg
 from fnatune.cost import count_madds, madds_table
 from fnatune.data import BatchStream, split_indices
 from fnatune.heads.cls import ClassifierNet
@@ -215,6 +224,7 @@ class Searched:
     entropy: float
     uniform_entropy: float
     seconds: float
+    searcher: Searcher | None = None
 
 
 def search(seed: Seed, space: SearchSpace, train: TensorDataset, b: Budget, s: int, work: Path,
@@ -231,13 +241,14 @@ def search(seed: Seed, space: SearchSpace, train: TensorDataset, b: Budget, s: i
         "weight_lr": {"policy": "cosine", "milestones": [], "warmup_iters": 20, "warmup_ratio": 0.1},
         **settings})
     t0 = time.perf_counter()
-    res = Searcher(model, sup, loss_of(model), BatchStream(Subset(train, a), b.batch, seed=s),
-                   BatchStream(Subset(train, w), b.batch, seed=s + 100), madds_table(sup), cfg, work / f"search{s}",
-                   seed=s).run()
+    searcher = Searcher(model, sup, loss_of(model), BatchStream(Subset(train, a), b.batch, seed=s),
+                        BatchStream(Subset(train, w), b.batch, seed=s + 100), madds_table(sup), cfg,
+                        work / f"search{s}", seed=s)
+    res = searcher.run()
     assert res is not None
     probs = [torch.tensor(p) for p in res.probabilities]
     uniform = alpha_entropy([torch.full((len(p),), 1.0 / len(p)) for p in probs])
-    return Searched(res.arch, alpha_entropy(probs), uniform, time.perf_counter() - t0)
+    return Searched(res.arch, alpha_entropy(probs), uniform, time.perf_counter() - t0, searcher)
 
 
 def finetune(seed: Seed, arch: Arch, train: TensorDataset, val: TensorDataset, b: Budget, s: int, work: Path,
@@ -326,6 +337,30 @@ def mann_whitney_greater(x: list[float], y: list[float]) -> tuple[float, float]:
     return observed, count / total
 
 
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-a of two paired lists: (concordant - discordant pairs) / all pairs; ties count 0."""
+    from itertools import combinations
+
+    pairs = list(combinations(range(len(x)), 2))
+    if not pairs:
+        return 0.0
+    sign = lambda v: (v > 0) - (v < 0)
+    return sum(sign(x[i] - x[j]) * sign(y[i] - y[j]) for i, j in pairs) / len(pairs)
+
+
+def supernet_ranking(searcher: Searcher, archs: list[Arch], miou: list[float], batches: int) -> float:
+    """How well one search's super net ranks ``archs`` by their fine-tuned mIoU: Kendall's tau between minus each
+    arch's single-path task loss on ``batches`` batches of the arch split (what ``search.derive.method: paths``
+    ranks by, before the cost term) and its mIoU. 1: the super net orders them as fine-tuning does."""
+    from fnatune.derive import score_paths
+
+    data = [searcher.arch_stream.next() for _ in range(batches)]
+    paths = [searcher.cost.indices_of(a) for a in archs]
+    scored = score_paths(searcher.model, searcher.supernet, searcher.loss_fn, data, paths, searcher.cost.of_indices,
+                         searcher.cost_term, searcher.s.cost.lam)
+    return kendall_tau([-e["task_loss"] for e in scored], miou)
+
+
 def agreement(archs: list[Arch]) -> float:
     """Share of identical ops per searchable layer, averaged over pairs of archs (1: all identical)."""
     from itertools import combinations
@@ -337,9 +372,41 @@ def agreement(archs: list[Arch]) -> float:
     return statistics.fmean(sum(p == q for p, q in zip(a, b)) / len(a) for a, b in pairs)
 
 
+#: what ``--configs`` can name: the search's settings beyond the benchmark's own, and how the arch is derived.
+#: Configurations with the same search settings share their searches (only the derivation differs).
+CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "fna": ({}, {"method": "argmax"}),
+    "paths": ({}, {"method": "paths"}),
+    "anneal": ({"anneal": True}, {"method": "argmax"}),
+    "anneal+paths": ({"anneal": True}, {"method": "paths"}),
+}
+
+
+@dataclass
+class ConfigResult:
+    name: str
+    searched: list[Searched]
+    archs: list[Arch]
+    derive_seconds: float
+    scores: list[list[float]] | None = None
+
+
+def goal_problems(s_mean: float, r_med: float, spread: float, lo: float, hi: float, rs: float) -> list[str]:
+    """What keeps a configuration from the issue's goal (empty: met)."""
+    problems = []
+    if not s_mean - r_med > spread:
+        problems.append(f"searched mean - random median {s_mean - r_med:+.1f} <= larger spread {spread:.1f}")
+    if not lo > 0:
+        problems.append(f"bootstrap interval [{lo:+.1f}, {hi:+.1f}] does not exclude 0")
+    if s_mean < rs:
+        problems.append(f"searched {s_mean:.1f} < random search at equal cost {rs:.1f}")
+    return problems
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=5, help="search seeds (one search each)")
+    ap.add_argument("--seed-offset", type=int, default=0, help="the first search seed (another set: --seed-offset 5)")
     ap.add_argument("--random", type=int, default=10, help="random archs at matched MAdds")
     ap.add_argument("--ft-seeds", type=int, default=2, help="fine-tune seeds every arch is fine-tuned over")
     ap.add_argument("--rs-n", type=int, default=4, help="archs of random search at equal total cost")
@@ -348,93 +415,187 @@ def main() -> int:
     ap.add_argument("--lam", type=float, default=0.05, help="lambda of the cost term (log base 10, MAdds in G)")
     ap.add_argument("--arch-lr", type=float, default=0.1, help="Adam's lr for alpha")
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--configs", default="fna",
+                    help=f"comma-separated configurations to compare ({', '.join(CONFIGS)}; default fna)")
+    ap.add_argument("--anneal-to", type=float, default=0.2, help="final temperature of the anneal configurations")
+    ap.add_argument("--top-k", type=int, default=8, help="paths scored by the paths configurations")
+    ap.add_argument("--score-batches", type=int, default=4, help="arch-split batches each scored path runs on")
     ap.add_argument("--smoke", action="store_true", help="seconds-long budget: checks the script, measures nothing")
     args = ap.parse_args()
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown or not names:
+        ap.error(f"--configs: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONFIGS)}")
     torch.set_num_threads(args.threads)
     b = SMOKE if args.smoke else Budget()
     space = context_space()
-    settings = {"cost": {"lambda": args.lam, "log_base": 10.0}, "temperature": args.temperature,
-                "arch_optim": {"name": "adam", "lr": args.arch_lr, "betas": (0.5, 0.999), "weight_decay": 1e-3}}
+    base = {"cost": {"lambda": args.lam, "log_base": 10.0}, "temperature": args.temperature,
+            "arch_optim": {"name": "adam", "lr": args.arch_lr, "betas": (0.5, 0.999), "weight_decay": 1e-3}}
+
+    def search_settings(name: str) -> dict[str, Any]:
+        extra = CONFIGS[name][0]
+        return {**base, **({"temperature_final": args.anneal_to} if extra.get("anneal") else {})}
+
+    def derive_settings(name: str) -> DeriveCfg:
+        return DeriveCfg.model_validate({**CONFIGS[name][1], "top_k": args.top_k, "batches": args.score_batches})
+
     t_all = time.perf_counter()
     ft_seeds = list(range(args.ft_seeds))
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         train = context_images(b.train, 1, args.max_length)
         val = context_images(b.val, 2, args.max_length)
         seed, acc = cached_seed(space, b, work)
         print(f"seed: {seed.arch.block_string()}, pretrained on generated shapes (val acc {acc:.2f})", flush=True)
-        seeds = list(range(args.seeds))
-        searched = [search(seed, space, train, b, s, work, settings) for s in seeds]
-        for s, r in zip(seeds, searched):
-            print(f"search seed {s}: {r.arch.block_string()}  alpha entropy {r.entropy:.3f} "
-                  f"(uniform {r.uniform_entropy:.3f}, ratio {r.entropy / r.uniform_entropy:.2f}), {r.seconds:.0f} s",
-                  flush=True)
-        target = statistics.fmean(backbone_madds(r.arch) for r in searched)
-        rng = random.Random(12345)
-        taken = {seed.arch.block_string(), *(r.arch.block_string() for r in searched)}
-        randoms = matched_random(space, target, args.random, rng, taken)
-        taken |= {a.block_string() for a in randoms}
+        groups: dict[str, list[Searched]] = {}  # searches by their settings, shared by configurations
+        results: list[ConfigResult] = []
+        for name in names:
+            settings = search_settings(name)
+            key = repr(sorted(settings.items()))
+            if key not in groups:
+                groups[key] = []
+                for s in seeds:
+                    r = search(seed, space, train, b, s, work / f"g{len(groups)}", settings)
+                    groups[key].append(r)
+                    print(f"[{name}] search seed {s}: argmax {r.arch.block_string()}  alpha entropy {r.entropy:.3f} "
+                          f"(uniform {r.uniform_entropy:.3f}, ratio {r.entropy / r.uniform_entropy:.2f}), "
+                          f"{r.seconds:.0f} s", flush=True)
+            done = groups[key]
+            t0 = time.perf_counter()
+            archs = []
+            for r in done:
+                assert r.searcher is not None
+                archs.append(r.searcher.derive(derive_settings(name)).arch)
+            seconds = (time.perf_counter() - t0) / len(done)
+            if CONFIGS[name][1]["method"] != "argmax":
+                for s, a in zip(seeds, archs):
+                    print(f"[{name}] search seed {s}: derived {a.block_string()}", flush=True)
+            results.append(ConfigResult(name, done, archs, seconds))
 
-        def score(a: Arch, tag: str) -> list[float]:
-            return [finetune(seed, a, train, val, b, f, work / f"ft_{tag}_{f}") for f in ft_seeds]
+        cache: dict[tuple[str, int, int], float] = {}
+        timing = {"seconds": 0.0, "n": 0}
 
-        t0 = time.perf_counter()
-        searched_scores = [score(r.arch, f"s{i}") for i, r in enumerate(searched)]
-        ft_seconds = (time.perf_counter() - t0) / (len(searched) * len(ft_seeds))
+        def score(a: Arch, iters: int | None = None) -> list[float]:
+            out = []
+            for f in ft_seeds:
+                key = (a.block_string(), f, iters or b.finetune_iters)
+                if key not in cache:
+                    t0 = time.perf_counter()
+                    cache[key] = finetune(seed, a, train, val, b, f, work / f"ft{len(cache)}", iters)
+                    if iters is None:
+                        timing["seconds"] += time.perf_counter() - t0
+                        timing["n"] += 1
+                out.append(cache[key])
+            return out
+
+        for res in results:
+            res.scores = [score(a) for a in res.archs]
+        ft_seconds = timing["seconds"] / max(timing["n"], 1)
         print(f"  fine-tuned the searched archs ({ft_seconds:.1f} s per fine-tune)", flush=True)
-        seed_scores = score(seed.arch, "seed")
-        random_scores = []
-        for i, a in enumerate(randoms):
-            random_scores.append(score(a, f"r{i}"))
-            print(f"  fine-tuned random {i + 1}/{len(randoms)}", flush=True)
-        # random search at equal total cost: one search + one fine-tune, in fine-tune iterations, split over N archs
-        search_seconds = statistics.fmean(r.seconds for r in searched)
+        seed_scores = score(seed.arch)
+        taken = {seed.arch.block_string(), *(a.block_string() for r in results for a in r.archs)}
+        # one random pool matched to the mean MAdds of every configuration's archs; a configuration whose own mean
+        # is more than 5% away gets a pool of its own
+        target = statistics.fmean(backbone_madds(a) for r in results for a in r.archs)
+        pools: dict[float, list[Arch]] = {target: matched_random(space, target, args.random, random.Random(12345), taken)}
+        pool_of: dict[str, float] = {}
+        for res in results:
+            mine = statistics.fmean(backbone_madds(a) for a in res.archs)
+            t = target if abs(mine / target - 1) <= 0.05 else mine
+            if t not in pools:
+                pools[t] = matched_random(space, t, args.random, random.Random(12345), taken)
+            pool_of[res.name] = t
+        random_scores: dict[float, list[list[float]]] = {}
+        for t, pool in pools.items():
+            random_scores[t] = []
+            for i, a in enumerate(pool):
+                random_scores[t].append(score(a))
+                print(f"  fine-tuned random {i + 1}/{len(pool)} (pool at {t:.2f} M MAdds)", flush=True)
+        # random search at equal total cost: one search (and its derivation) + one fine-tune, in fine-tune
+        # iterations, split over N archs; the costliest configuration's cost, so no configuration is flattered
+        search_seconds = max(statistics.fmean(r.seconds for r in res.searched) + res.derive_seconds for res in results)
         total_iters = b.finetune_iters * (1 + search_seconds / ft_seconds)
         rs_iters = max(1, int(total_iters / args.rs_n))
-        rs_best = []
+        rs_best, rs_rescored = [], []
         for f in ft_seeds:
-            pool = matched_random(space, target, args.rs_n, random.Random(777 + f), taken)
-            rs_best.append(max(finetune(seed, a, train, val, b, f, work / f"ft_rs{f}_{j}", iters=rs_iters)
-                               for j, a in enumerate(pool)))
+            rs_pool = matched_random(space, target, args.rs_n, random.Random(777 + f), taken)
+            got = [finetune(seed, a, train, val, b, f, work / f"ft_rs{f}_{j}", iters=rs_iters)
+                   for j, a in enumerate(rs_pool)]
+            best = max(range(len(got)), key=lambda j: got[j])
+            rs_best.append(got[best])
+            # its pick fine-tuned as every other arch is (same iterations, same seed): the arch's own quality,
+            # apart from random search's longer fine-tunes and its pick by the val score it reports
+            rs_rescored.append(finetune(seed, rs_pool[best], train, val, b, f, work / f"ft_rs{f}_pick"))
         print(f"  random search: {args.rs_n} archs x {rs_iters} iterations per fine-tune seed "
               f"(= one search {search_seconds:.0f} s + one fine-tune {b.finetune_iters} iterations)", flush=True)
+        # does the super net know which archs fine-tune well? every fine-tuned arch (searched, seed, random pools),
+        # ranked by each search of the first configuration
+        ranked = {a.block_string(): a for r in results for a in r.archs}
+        ranked.update({a.block_string(): a for pool in pools.values() for a in pool})
+        ranked[seed.arch.block_string()] = seed.arch
+        scored_archs = list(ranked.values())
+        finetuned = [statistics.fmean(score(a)) for a in scored_archs]
+        taus = [supernet_ranking(r.searcher, scored_archs, finetuned, args.score_batches)
+                for r in results[0].searched if r.searcher is not None]
+    rs = statistics.fmean(rs_best)
     print(f"\nsearch quality: 64x64 key-bar segmentation, {len(seeds)} search seeds, every arch fine-tuned "
           f"{b.finetune_iters} iterations over {len(ft_seeds)} fine-tune seeds, {time.perf_counter() - t_all:.0f} s in all")
     print(f"{'arch':<11} {'MAdds (M)':>9}  {'mIoU':>5}  per fine-tune seed  block string")
-    per_arch = {"searched": [statistics.fmean(v) for v in searched_scores],
-                "random": [statistics.fmean(v) for v in random_scores]}
-    for i, (r, v) in enumerate(zip(searched, searched_scores)):
-        print(f"searched {i:<2} {backbone_madds(r.arch):9.2f}  {statistics.fmean(v):5.1f}  "
-              f"{' '.join(f'{x:4.1f}' for x in v):<19} {r.arch.block_string()}")
-    print(f"{'seed':<11} {backbone_madds(seed.arch):9.2f}  {statistics.fmean(seed_scores):5.1f}  "
-          f"{' '.join(f'{x:4.1f}' for x in seed_scores):<19} {seed.arch.block_string()}")
-    for i, (a, v) in enumerate(zip(randoms, random_scores)):
-        print(f"random {i + 1:<4} {backbone_madds(a):9.2f}  {statistics.fmean(v):5.1f}  "
+
+    def row(label: str, a: Arch, v: list[float]) -> None:
+        print(f"{label:<11} {backbone_madds(a):9.2f}  {statistics.fmean(v):5.1f}  "
               f"{' '.join(f'{x:4.1f}' for x in v):<19} {a.block_string()}")
-    s_mean, r_med = statistics.fmean(per_arch["searched"]), statistics.median(per_arch["random"] or [0.0])
-    spread = max(_sd(per_arch["searched"]), _sd(per_arch["random"]))
-    lo, hi = bootstrap_interval(per_arch["searched"], per_arch["random"] or [0.0])
-    u, p = mann_whitney_greater(per_arch["searched"], per_arch["random"] or [0.0])
-    rs = statistics.fmean(rs_best)
-    ratios = [r.entropy / r.uniform_entropy for r in searched]
-    print(f"\nsearched pool {_ms(per_arch['searched'])} (n={len(searched)}), random pool median {r_med:.1f}, "
-          f"{_ms(per_arch['random'])} (n={len(randoms)}), seed's arch {statistics.fmean(seed_scores):.1f}")
-    print(f"searched mean - random median: {s_mean - r_med:+.1f} mIoU, 95% bootstrap interval [{lo:+.1f}, {hi:+.1f}]; "
-          f"larger spread {spread:.1f}; Mann-Whitney U {u:.0f}, one-sided p {p:.3f}")
+
+    for res in results:
+        assert res.scores is not None
+        if len(results) > 1:
+            print(f"[{res.name}]")
+        for i, (a, v) in enumerate(zip(res.archs, res.scores)):
+            row(f"searched {i}", a, v)
+    row("seed", seed.arch, seed_scores)
+    for t, pool in pools.items():
+        if len(pools) > 1:
+            print(f"[random pool at {t:.2f} M MAdds]")
+        for i, (a, v) in enumerate(zip(pool, random_scores[t])):
+            row(f"random {i + 1}", a, v)
     print(f"random search at equal total cost (best of {args.rs_n} at {rs_iters} iterations): "
-          f"{' '.join(f'{x:.1f}' for x in rs_best)}, mean {rs:.1f}")
-    print(f"stability: the searched archs agree on {agreement([r.arch for r in searched]) * 100:.0f}% of layers "
-          f"(pairs of search seeds); alpha entropy at the end / uniform: {', '.join(f'{x:.2f}' for x in ratios)}")
-    problems = []
-    if len(randoms) < args.random:
-        problems.append(f"only {len(randoms)} random archs within 5% of {target:.2f} M MAdds")
-    if not s_mean - r_med > spread:
-        problems.append(f"searched mean - random median {s_mean - r_med:+.1f} <= larger spread {spread:.1f}")
-    if not lo > 0:
-        problems.append(f"bootstrap interval [{lo:+.1f}, {hi:+.1f}] does not exclude 0")
-    if s_mean < rs:
-        problems.append(f"searched {s_mean:.1f} < random search at equal cost {rs:.1f}")
-    print("search quality: goal met" if not problems else f"search quality: goal missed ({'; '.join(problems)})")
+          f"{' '.join(f'{x:.1f}' for x in rs_best)}, mean {rs:.1f}; its picks fine-tuned {b.finetune_iters} "
+          f"iterations as the others: {' '.join(f'{x:.1f}' for x in rs_rescored)}, mean "
+          f"{statistics.fmean(rs_rescored):.1f}; seed's arch {statistics.fmean(seed_scores):.1f}")
+    print(f"super net's ranking of the {len(scored_archs)} fine-tuned archs (single-path task loss on the arch split) "
+          f"against their mIoU, per search of [{results[0].name}]: Kendall tau {' '.join(f'{t:+.2f}' for t in taus)}, "
+          f"mean {statistics.fmean(taus):+.2f}")
+    verdicts: dict[str, list[str]] = {}
+    for res in results:
+        assert res.scores is not None
+        searched_means = [statistics.fmean(v) for v in res.scores]
+        randoms = [statistics.fmean(v) for v in random_scores[pool_of[res.name]]] or [0.0]
+        s_mean, r_med = statistics.fmean(searched_means), statistics.median(randoms)
+        spread = max(_sd(searched_means), _sd(randoms))
+        lo, hi = bootstrap_interval(searched_means, randoms)
+        u, p = mann_whitney_greater(searched_means, randoms)
+        ratios = [r.entropy / r.uniform_entropy for r in res.searched]
+        madds = statistics.fmean(backbone_madds(a) for a in res.archs)
+        print(f"\n[{res.name}] searched {_ms(searched_means)} (n={len(searched_means)}, {madds:.2f} M MAdds), "
+              f"random pool median {r_med:.1f}, {_ms(randoms)} (n={len(randoms)}, {pool_of[res.name]:.2f} M MAdds)")
+        print(f"[{res.name}] searched mean - random median: {s_mean - r_med:+.1f} mIoU, 95% bootstrap interval "
+              f"[{lo:+.1f}, {hi:+.1f}]; larger spread {spread:.1f}; Mann-Whitney U {u:.0f}, one-sided p {p:.3f}")
+        print(f"[{res.name}] stability: the derived archs agree on {agreement(res.archs) * 100:.0f}% of layers (pairs of "
+              f"search seeds); alpha entropy at the end / uniform: {', '.join(f'{x:.2f}' for x in ratios)}")
+        problems = goal_problems(s_mean, r_med, spread, lo, hi, rs)
+        if len(pools[pool_of[res.name]]) < args.random:
+            problems.insert(0, f"only {len(pools[pool_of[res.name]])} random archs within 5% of "
+                               f"{pool_of[res.name]:.2f} M MAdds")
+        verdicts[res.name] = problems
+        print(f"[{res.name}] goal " + ("met" if not problems else f"missed ({'; '.join(problems)})"))
+    if len(results) == 1:
+        problems = verdicts[results[0].name]
+        print("search quality: goal met" if not problems else f"search quality: goal missed ({'; '.join(problems)})")
+    else:
+        met = [n for n, pr in verdicts.items() if not pr]
+        print(f"search quality: goal met by {', '.join(met)}" if met else
+              "search quality: goal missed by every configuration")
     return 0
 
 

@@ -64,6 +64,12 @@ class DataParallel:
                 g.copy_(flat[offset:offset + n].view_as(g))
                 offset += n
 
+    def average_values(self, values: Sequence[float]) -> list[float]:
+        """The mean of each number over the workers (e.g. losses each worker measured on its own shard)."""
+        t = torch.tensor(list(values), dtype=torch.float64, device=self._device())
+        dist.all_reduce(t)
+        return [float(v) / self.world for v in t.tolist()]
+
     def broadcast_buffers(self, module: nn.Module) -> None:
         for b in module.buffers():
             dist.broadcast(b.data, src=0)

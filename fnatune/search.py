@@ -11,6 +11,10 @@ Call order::
   alpha is frozen. Loss = task loss.
 * An **arch step** runs every candidate, mixed by softmax(alpha / temperature), first order, with the
   weights frozen, and updates alpha only. Loss = task + lambda * log_tau(gamma * E[cost]).
+* With ``temperature_final`` set (not FNA), the mixing temperature of the arch steps and of E[cost] falls
+  geometrically from ``temperature`` at the first searching epoch to ``temperature_final`` at the last.
+* At the end, the arch is derived as ``derive`` says (:mod:`fnatune.derive`): FNA's argmax per layer, or the best
+  of the most probable paths scored on the arch split.
 * One epoch = ``steps_per_epoch`` weight steps (FNA: ``repeat`` x the number of batches of the arch split).
   After the warm-up each cycle is ``arch_steps`` arch steps followed by ``weight_steps`` weight steps.
 
@@ -38,7 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from fnatune.arch import Arch
-from fnatune.config.sections import CostCfg, SearchCfg
+from fnatune.config.sections import CostCfg, DeriveCfg, SearchCfg
+from fnatune.derive import Derivation, derive
 from fnatune.errors import FnatuneError
 from fnatune.io import atomic_write_json
 from fnatune.loop import (
@@ -76,6 +81,7 @@ class SearchResult:
     probabilities: list[list[float]]
     history: list[dict[str, Any]]
     checkpoint: Path
+    derivation: Derivation | None = None
 
 
 def alpha_entropy(probabilities: Sequence[Tensor]) -> float:
@@ -221,13 +227,29 @@ class Searcher:
         self.progress["weight_iter"] += 1
         return {"weight_loss": float(loss.detach()), "lr": lr}
 
+    def temperature_at(self, epoch: int) -> float:
+        """The mixing temperature of ``epoch``: ``temperature`` throughout (FNA), or, with ``temperature_final``,
+        geometric from ``temperature`` at the first searching epoch to ``temperature_final`` at the last."""
+        s = self.s
+        if s.temperature_final is None:
+            return s.temperature
+        searching = s.epochs - s.warmup_epochs
+        t = min(max(epoch - s.warmup_epochs, 0) / max(searching - 1, 1), 1.0)
+        return s.temperature * (s.temperature_final / s.temperature) ** t
+
+    @property
+    def temperature(self) -> float:
+        """The mixing temperature now (of the epoch in progress; after the last one, the last one's)."""
+        return self.temperature_at(min(self.progress["epoch"], self.s.epochs - 1))
+
     def arch_step(self) -> dict[str, float]:
         self._require(weights=False)
-        self.supernet.use_mixed(self.s.temperature)
+        temperature = self.temperature
+        self.supernet.use_mixed(temperature)
         if self.dp is not None:
             self.dp.broadcast_buffers(self.model)
         task = self.loss_fn(self.arch_stream.next())
-        cost = self.cost.expected(self.alphas, self.s.temperature)
+        cost = self.cost.expected(self.alphas, temperature)
         penalty = self.s.cost.lam * self.cost_term(cost)
         loss = task + penalty
         self._check(loss, "arch")
@@ -288,19 +310,34 @@ class Searcher:
             self._end_epoch()
         pr["done"] = True
         path = self.save_checkpoint()
-        probs = [p.tolist() for p in self.supernet.probabilities(self.s.temperature)]
-        return SearchResult(self.supernet.derive(), probs, self.history, path)
+        probs = [p.tolist() for p in self.supernet.probabilities(self.temperature)]
+        derivation = self.derive()
+        return SearchResult(derivation.arch, probs, self.history, path, derivation)
+
+    def derive(self, settings: DeriveCfg | None = None) -> Derivation:
+        """The final arch by ``settings`` (default: the search's ``derive`` section). ``paths`` reads its batches
+        from the arch split where the search left it, so a run resumed after its last checkpoint derives the same
+        arch; the super net's weights and buffers are left as they are."""
+        reduce = None
+        if self.dp is not None:
+            reduce = self.dp.average_values
+        return derive(settings or self.s.derive, self.supernet, model=self.model, loss_fn=self.loss_fn,
+                      next_batch=self.arch_stream.next, cost_table=self.cost, cost=self.s.cost,
+                      cost_term=self.cost_term, reduce=reduce)
 
     def _end_epoch(self) -> None:
         pr = self.progress
-        probs_t = [p.detach().cpu() for p in self.supernet.probabilities(self.s.temperature)]
+        temperature = self.temperature
+        probs_t = [p.detach().cpu() for p in self.supernet.probabilities(temperature)]
         metrics = {k: v / self.acc["n_" + k] for k, v in self.acc.items() if not k.startswith("n_")}
         metrics["alpha_entropy"] = alpha_entropy(probs_t)
         if "alpha_grad_cost" in metrics:  # 1: alpha moves by the cost term alone, 0: by the task alone
             total = metrics["alpha_grad_cost"] + metrics["alpha_grad_task"]
             metrics["cost_grad_share"] = metrics["alpha_grad_cost"] / total if total > 0 else 0.0
         with torch.no_grad():
-            metrics["expected_cost"] = float(self.cost.expected(self.alphas, self.s.temperature))
+            metrics["expected_cost"] = float(self.cost.expected(self.alphas, temperature))
+        if self.s.temperature_final is not None:
+            metrics["temperature"] = temperature
         arch = self.supernet.derive()
         try:
             metrics["derived_cost"] = float(self.cost.of_arch(arch))

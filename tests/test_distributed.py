@@ -16,7 +16,7 @@ from tests.helpers import tiny_dataset
 
 def _search_worker(config: dict[str, Any]) -> None:
     """One rank: a few warm-up and search epochs of the tiny super net, recording every path it trained."""
-    from fnatune.config import SearchCfg
+    from fnatune.config import DeriveCfg, SearchCfg
     from fnatune.cost import madds_table
     from fnatune.data import BatchStream
     from fnatune.distributed import current
@@ -42,11 +42,15 @@ def _search_worker(config: dict[str, Any]) -> None:
         "weight_optim": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 35.0},
         "weight_lr": {"policy": "step", "milestones": [8, 11], "warmup_iters": 500},
         "arch_optim": {"name": "adam", "lr": 0.05, "weight_decay": 0.0, "betas": (0.5, 0.999), "grad_clip": None}})
-    Searcher(model, supernet, lambda b: (seen.append(float(b[0].sum())), loss(b))[1], arch, weight,
-             madds_table(supernet, (32, 32)), settings, Path(config["workdir"]), seed=1, dp=dp).run()
-    torch.save({"alpha": [a.detach().clone() for a in supernet.arch_parameters()], "paths": paths, "seen": seen,
-                "params": {k: p.detach().clone() for k, p in model.named_parameters()}},
-               Path(config["out"]) / f"rank{dp.rank}.pt")
+    searcher = Searcher(model, supernet, lambda b: (seen.append(float(b[0].sum())), loss(b))[1], arch, weight,
+                        madds_table(supernet, (32, 32)), settings, Path(config["workdir"]), seed=1, dp=dp)
+    searcher.run()
+    trained = list(paths)
+    # scored derivation: each rank scores on its own shard, the losses are averaged, so all derive one arch
+    derivation = searcher.derive(DeriveCfg(method="paths", top_k=3, batches=2))
+    torch.save({"alpha": [a.detach().clone() for a in supernet.arch_parameters()], "paths": trained, "seen": seen,
+                "params": {k: p.detach().clone() for k, p in model.named_parameters()},
+                "derived": derivation.to_dict()}, Path(config["out"]) / f"rank{dp.rank}.pt")
 
 
 @pytest.mark.slow
@@ -64,6 +68,7 @@ def test_two_gloo_workers_keep_alpha_and_paths_identical(tmp_path: Path) -> None
     assert any(a.abs().max() > 0 for a in r0["alpha"])                # alpha moved during the two search epochs
     assert all(torch.equal(r0["params"][k], r1["params"][k]) for k in r0["params"])
     assert r0["seen"] != r1["seen"]                                   # each rank read its own shard
+    assert r0["derived"] == r1["derived"] and len(r0["derived"]["scored"]) == 3
     # rank 0 wrote the checkpoint, rank 1 only its RNG and data position beside it; each keeps the one before
     # (the fallback when the newest is found damaged)
     assert {p.name for p in (tmp_path / "work").glob("checkpoint*.pt")} == {

@@ -40,3 +40,11 @@ def test_agreement_is_the_share_of_identical_searchable_layers() -> None:
     a = space.arch([["k3_e1"], ["k3_e3", "k3_e3"]])
     b = space.arch([["k3_e1"], ["k3_e3", "k5_e3"]])
     assert sq.agreement([a, a]) == 1.0 and sq.agreement([a, b]) == 0.5 and sq.agreement([a]) == 1.0
+
+
+def test_kendall_tau_counts_concordant_and_discordant_pairs() -> None:
+    assert sq.kendall_tau([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]) == 1.0
+    assert sq.kendall_tau([1.0, 2.0, 3.0], [30.0, 20.0, 10.0]) == -1.0
+    # pairs (0,1) concordant, (0,2) concordant, (1,2) discordant
+    assert sq.kendall_tau([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(1 / 3)
+    assert sq.kendall_tau([1.0, 1.0], [1.0, 2.0]) == 0.0  # a tie counts 0

@@ -29,9 +29,16 @@ def test_tiny_pipeline_runs_tracks_and_resumes(tmp_path: Path, monkeypatch: pyte
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FNATUNE_CACHE", str(tmp_path / "cache"))
     runner = CliRunner()
-    res = runner.invoke(main, ["run", str(ROOT / "pipelines/tiny/seg.yaml"), "--run-dir", "run", *TINY])
+    # the search's options beyond FNA (issue 27) ride along: an annealed temperature and the scored derivation
+    options = ["--set", "search.warmup_epochs=0", "--set", "search.temperature_final=0.5",
+               "--set", "search.derive.method=paths", "--set", "search.derive.top_k=3", "--set", "search.derive.batches=1"]
+    res = runner.invoke(main, ["run", str(ROOT / "pipelines/tiny/seg.yaml"), "--run-dir", "run", *TINY, *options])
     assert res.exit_code == 0, res.output
     assert "results: run" in res.output and "mIoU" in res.output
+    assert "derived by scoring 3 likely paths on the arch split" in res.output
+    derived = json.loads((tmp_path / "run/stages/search/derive.json").read_text())
+    assert derived["method"] == "paths" and len(derived["scored"]) == 3
+    assert derived["arch"] == derived["scored"][0]["arch"]
     run = tmp_path / "run"
     arch = json.loads((run / "arch.json").read_text())
     assert arch and (run / "stages/export/backbone.onnx").exists()
@@ -49,8 +56,10 @@ def test_tiny_pipeline_runs_tracks_and_resumes(tmp_path: Path, monkeypatch: pyte
     search = children["search"]
     hist = client.get_metric_history(search.info.run_id, "alpha_entropy")
     assert [m.step for m in hist] == [0, 1]
+    assert [m.value for m in client.get_metric_history(search.info.run_id, "temperature")] == [1.0, 0.5]
     assert "wall_clock_hours" in search.data.metrics
-    assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"arch.json", "alpha_heatmap.png", "alpha"}
+    assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"arch.json", "alpha_heatmap.png", "alpha",
+                                                                           "derive.json"}
     parent = client.get_run(state["parent_run"])
     assert parent.data.params["search.epochs"] == "2" and "mIoU" in parent.data.metrics
     # the runs table's columns: the derived arch, its cost beside the seed's, time per stage with units
@@ -65,7 +74,7 @@ def test_tiny_pipeline_runs_tracks_and_resumes(tmp_path: Path, monkeypatch: pyte
     # the same config in another run directory, with another seed cache (so the seed is pretrained again
     # from a different global RNG state), gives bit-identical results: every init is seeded
     monkeypatch.setenv("FNATUNE_CACHE", str(tmp_path / "cache2"))
-    res = runner.invoke(main, ["run", str(ROOT / "pipelines/tiny/seg.yaml"), "--run-dir", "again", *TINY,
+    res = runner.invoke(main, ["run", str(ROOT / "pipelines/tiny/seg.yaml"), "--run-dir", "again", *TINY, *options,
                                "--set", "tracking.enabled=false"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "again/arch.json").read_text()) == arch

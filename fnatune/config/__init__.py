@@ -34,6 +34,7 @@ from fnatune.config.sections import (
     AugmentCfg,
     CostCfg,
     DataCfg,
+    DeriveCfg,
     EvaluateCfg,
     ExportCfg,
     FinetuneCfg,
@@ -323,7 +324,7 @@ def check_sweep_keys(cfg: PipelineCfg, source: str = "<config>") -> None:
 
 
 __all__ = [
-    "DISTRIBUTIONS", "AshaCfg", "AugmentCfg", "ConfigError", "CostCfg", "DataCfg", "EvaluateCfg", "ExportCfg",
+    "DISTRIBUTIONS", "AshaCfg", "AugmentCfg", "ConfigError", "CostCfg", "DataCfg", "DeriveCfg", "EvaluateCfg", "ExportCfg",
     "FinetuneCfg", "GenerateCfg", "LRCfg", "OptimCfg", "PipelineCfg", "PretrainCfg", "RemapCfg", "ResourcesCfg",
     "SearchCfg", "Section", "SeedCfg", "Size", "SplitCfg", "SweepCfg", "TrackingCfg", "TrainLoopCfg", "TuneCfg",
     "VariantCfg", "apply_overrides", "check_sweep_keys", "deep_merge", "dump_config", "flatten", "load_config",

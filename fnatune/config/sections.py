@@ -268,6 +268,22 @@ class SearchAugmentCfg(AugmentCfg):
     crop: Size = (513, 513)
 
 
+class DeriveCfg(Section):
+    """How the final arch is read off the search (not FNA's unless ``argmax``; issue 27).
+
+    ``argmax`` (FNA, §5.7): the most probable op per layer. ``paths``: the ``top_k`` most probable paths of
+    softmax(alpha) (their ranking does not depend on the temperature), each run single-path on ``batches`` batches
+    of the arch split with the super net's weights (BN on batch statistics, as in the weight steps; its running
+    statistics are left as they were) and scored by the search's own objective, the task loss plus
+    lambda * cost term of the path's cost; the lowest score wins. The argmax path is always among them, so
+    ``paths`` only departs from FNA where the super net itself prefers another of the likely paths.
+    """
+
+    method: Literal["argmax", "paths"] = "argmax"
+    top_k: int = Field(8, ge=1)
+    batches: int = Field(4, ge=1)
+
+
 class SearchCfg(Section):
     """The FNA++ search (:class:`fnatune.search.Searcher` reads this section). One epoch is
     ``steps_per_epoch`` weight steps (default: ``repeat`` x the arch split's batches, as FNA)."""
@@ -280,6 +296,10 @@ class SearchCfg(Section):
     arch_steps: int = Field(1, ge=1)
     weight_steps: int = Field(1, ge=1)
     temperature: float = Field(1.0, gt=0)         # mixing softmax(alpha/T) in arch steps and in E[cost]
+    # Not FNA: anneal the mixing temperature geometrically, epoch by epoch, from ``temperature`` at the first
+    # searching epoch to this at the last, so the mixed net the arch steps train nears the single path that will
+    # be derived. None (default): constant, as FNA.
+    temperature_final: float | None = Field(None, gt=0)
     sample_temperature: float = Field(1.0, gt=0)  # path sampling softmax(alpha/T) in weight steps
     # arch steps recompute, in the backward pass, the candidates of the mixed layers that hold this share of
     # the activations instead of keeping them (same gradients; 0.7: peak 1.7x a single path's instead of 6x, for
@@ -293,6 +313,7 @@ class SearchCfg(Section):
     weight_optim: SearchWeightOptimCfg = Field(default_factory=SearchWeightOptimCfg)
     arch_optim: SearchArchOptimCfg = Field(default_factory=SearchArchOptimCfg)
     weight_lr: LRCfg = Field(default_factory=LRCfg)
+    derive: DeriveCfg = Field(default_factory=DeriveCfg)
     checkpoint_every: int = Field(100, ge=0)
 
     @model_validator(mode="after")

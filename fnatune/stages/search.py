@@ -110,6 +110,14 @@ def search_core(ctx: RunContext, st: StageHandle, dp: Any = None) -> dict[str, A
                          seed_ops=None if layout is None else [layout.ops[p][q] for p, q in table.positions])
     for p in (st.dir / "arch.json", st.dir / "alpha_history.json", heat):
         st.log_artifact(p)
+    derivation = result.derivation
+    if derivation is not None and derivation.scored:
+        atomic_write_json(st.dir / "derive.json", derivation.to_dict())
+        st.log_artifact(st.dir / "derive.json")
+        best = derivation.scored[0]
+        ctx.progress(f"  derived by scoring {len(derivation.scored)} likely paths on the arch split: "
+                     f"{derivation.arch.block_string()} (rank {best['rank'] + 1} by probability, task loss "
+                     f"{best['task_loss']:.4f}, cost {best['cost']:.3f} {table.unit})", force=True)
     searcher.ckpt.remove()  # the search is complete; its outputs stay
     final = result.history[-1]["metrics"]
     return {"outputs": {"arch": ctx.rel(st.dir / "arch.json"), "supernet": ctx.rel(sup_path),
