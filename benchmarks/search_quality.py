@@ -506,6 +506,7 @@ def main() -> int:
             if t not in pools:
                 pools[t] = matched_random(space, t, args.random, random.Random(12345), taken)
             pool_of[res.name] = t
+        taken |= {a.block_string() for pool in pools.values() for a in pool}  # random search draws fresh archs
         random_scores: dict[float, list[list[float]]] = {}
         for t, pool in pools.items():
             random_scores[t] = []

@@ -27,7 +27,8 @@ __all__ = ["Derivation", "derive", "score_paths", "top_paths"]
 
 @dataclass
 class Derivation:
-    """The derived arch and, for ``paths``, every path that was scored (best first)."""
+    """The derived arch and, for ``paths``, every arch that was scored, best first (``rank``: its place among the
+    scored archs by probability, 0 = the argmax)."""
 
     arch: Arch
     method: str
@@ -126,6 +127,5 @@ def derive(settings: DeriveCfg, supernet: SuperNet, *, model: nn.Module | None =
                          cost_term, cost.lam, reduce)
     scored = [{"arch": e[2].block_string(), "log_prob": e[1], "rank": i, **sc}
               for i, (e, sc) in enumerate(zip(entries, scores))]
-    best = min(range(len(scored)), key=lambda i: (scored[i]["score"], i))
-    order = sorted(range(len(scored)), key=lambda i: (scored[i]["score"], i))
-    return Derivation(entries[best][2], "paths", [scored[i] for i in order])
+    order = sorted(range(len(scored)), key=lambda i: (scored[i]["score"], i))  # ties: the more probable arch
+    return Derivation(entries[order[0]][2], "paths", [scored[i] for i in order])
