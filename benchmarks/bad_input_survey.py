@@ -90,8 +90,21 @@ def _cases(work: Path) -> list[tuple[str, str, Callable[[Path], list[str]]]]:
         run.write_state({"parent_run": "x"})
         run.config_path.write_text("name: x\n  task: [pose\n")
         return ["resume", str(run.path)]
+
+    def resume_changed(*sets: str) -> Callable[[Path], list[str]]:
+        def prepare(root: Path) -> list[str]:
+            from fnatune.config import load_config
+            from fnatune.rundir import RunDir
+
+            run = RunDir(root.parent / "stopped")
+            run.write_config(load_config(TINY / "seg.yaml"), "seg.yaml")
+            run.write_state({"parent_run": "x"})
+            for stage in ("data", "seed", "supernet", "search"):
+                run.mark_done(stage, {"outputs": {}, "metrics": {}, "hours": 0.0})
+            return ["resume", str(run.path), *[a for s in sets for a in ("--set", s)]]
+        return prepare
     unknown_key = work / "unknown_key.yaml"
-    unknown_key.write_text((TINY / "seg.yaml").read_text() + "\nsearhc: {epochs: 3}\n")
+    unknown_key.write_text(f"_base_: {TINY / 'seg.yaml'}\nsearhc: {{epochs: 3}}\n")
     return [
         # data: Cityscapes layout
         ("seg: data root missing", "seg", lambda r: run(seg)(r.parent / "nowhere")),
@@ -138,6 +151,8 @@ def _cases(work: Path) -> list[tuple[str, str, Callable[[Path], list[str]]]]:
         ("config: unknown task", "seg", run(seg, "task=depth")),
         ("config: unknown search space", "seg", run(seg, "space=mbv2_sge")),
         ("config: unknown seed", "seg", run(seg, "seed_net.name=resnet9000")),
+        ("config: seed that does not fit the space", "seg", run(seg, "seed_net.name=resnet18")),
+        ("config: seed checkpoint missing", "seg", run(seg, f"seed_net.weights={work / 'gone' / 'seed.pth'}")),
         ("config: device cuda without CUDA", "seg", run(seg, "device=cuda")),
         ("run dir: resume of a directory that is no run", "seg", lambda r: ["resume", str(r)]),
         # other commands
@@ -163,6 +178,8 @@ def _cases(work: Path) -> list[tuple[str, str, Callable[[Path], list[str]]]]:
             "--out", str(r.parent / "o")]),
         ("data: fewer samples than a batch", "pose", run(pose)),
         ("resume: config.yaml not YAML", "seg", resume_damaged),
+        ("resume --set: a finished stage's setting", "seg", resume_changed("search.epochs=3")),
+        ("resume --set: a key that does not exist", "seg", resume_changed("finetune.iter=3")),
     ]
 
 

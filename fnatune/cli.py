@@ -363,8 +363,8 @@ def _execute(cfg: Any, run_dir: Path, source: str, tracking_uri: str | None, add
         click.echo(f"\ninterrupted; continue with: fnatune resume {run_dir}", err=True)
         sys.exit(130)
     except FnatuneError as e:
-        if not RunDir(run_dir).exists():
-            raise
+        if not RunDir(run_dir).exists() or "fnatune resume " in str(e):
+            raise  # nothing to resume, or the line already says how
         raise FnatuneError(f"{e}\n(the run directory is kept; after fixing the cause: fnatune resume {run_dir})") from None
     _finish(run_dir, result)
 
@@ -397,16 +397,29 @@ def run(pipeline: Path, overrides: tuple[str, ...], run_dir: Path | None, tracki
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Change a setting before continuing, e.g. --set search.recompute_mixed=1 (repeatable). How the "
+                   "run is carried out (device, resources, recomputation, workers) changes from the next step; "
+                   "a setting of an unfinished stage restarts that stage; one of a finished stage is refused.")
 @click.option("--tracking-uri", default=None, help="Override the tracking URI recorded in the run.")
 @_ADDRESS
-def resume(run_dir: Path, tracking_uri: str | None, address: str | None) -> None:
+def resume(run_dir: Path, overrides: tuple[str, ...], tracking_uri: str | None, address: str | None) -> None:
     """Continue a killed or failed run: Tune restores its experiment, finished trials and stages are kept,
     the running ones continue from their last checkpoints."""
+    from fnatune.reconfigure import apply_changes, plan_changes
+
     run = RunDir(run_dir)
     cfg = run.read_config()
     run.check()
-    _check_tracking(cfg, tracking_uri)
     with run.owned():
+        if overrides:
+            cfg, changes = plan_changes(cfg, run, list(overrides))
+            _check_tracking(cfg, tracking_uri)
+            apply_changes(cfg, run, changes, f"{run.config_path}, changed at resume: {' '.join(overrides)}")
+            for change in changes:
+                click.echo(f"changed {change.describe()}")
+        else:
+            _check_tracking(cfg, tracking_uri)
         click.echo(f"fnatune resume {run_dir}")
         _execute(cfg, run_dir, str(run.config_path), tracking_uri, address, resume=True)
 

@@ -45,6 +45,7 @@ from fnatune.framework import (
     worker_result,
 )
 from fnatune.outbox import make_tracker, outbox_of
+from fnatune.reconfigure import tag_changes
 from fnatune.rundir import RunDir
 from fnatune.summary import knob_label
 from fnatune.tracking import default_tracking_uri
@@ -188,6 +189,7 @@ def run_trial(config: dict[str, Any], payload: TrialSpec) -> None:
         cfg, run, parent = variant_config(base, overrides, info.trial_id), root.trial(info.trial_id), spec.parent
         name = f"{info.trial_id} {knob_label(overrides)}"
     run.write_config(cfg, f"trial {name or cfg.name} of {spec.source}")
+    run.set_worker()
     restored = restore_from_tune(run)
     prefix = f"[{name.split(' ')[0]}] " if name else ""
     progress = Progress(lambda s: print(prefix + s, flush=True))
@@ -258,33 +260,50 @@ def _plan(cfg: PipelineCfg, spec: TrialSpec, run: RunDir, address: str | None) -
 
 
 def preflight(cfg: PipelineCfg) -> None:
-    """What each trial's first stage would find wrong, found here first, before Ray starts or anything is
-    pretrained: the device, and the data (generated if the config asks, then checked the way the task reads it:
-    layout, annotations, every image file; :meth:`fnatune.tasks.TaskBackend.prepare`). For a local run only:
-    on a cluster the devices and the data paths are the worker nodes' (their data stage checks them)."""
+    """What each trial's first stages would find wrong, found here first, before Ray starts or anything is
+    pretrained: the device; the space and the seed network (their names, the seed's options, and that the seed's
+    blocks fit the space: the seed is built, with its checkpoint when that is a local file, else with random
+    weights); and the data (generated if the config asks, then checked the way the task reads it: layout,
+    annotations, every image file; :meth:`fnatune.tasks.TaskBackend.prepare`). For a local run only: on a cluster
+    the devices and the data paths are the worker nodes' (their data stage checks them)."""
     import torch
 
     from fnatune.pipeline import variant_config
+    from fnatune.remap import fit_problem
+    from fnatune.seeds import get_seed_adapter, load_seed, looks_like_path
+    from fnatune.space import get_space
     from fnatune.stages.data import check_batches
     from fnatune.tasks import get_task
 
     configs = [cfg] + [variant_config(cfg, v.set, v.name) for v in cfg.variants]
-    seen = set()
+    seen, nets = set(), set()
     for c in configs:
         dev = torch.device(c.device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise FnatuneError(f"device: '{c.device}' asked for, but CUDA is not available on this machine; use "
                                f"--set device=cpu")
+        get_space(c.space), get_seed_adapter(c.seed_net.name)  # the names first: a typo is said at once
         key = json.dumps([c.task, c.data.model_dump(mode="json")], sort_keys=True)
         if key not in seen:
             seen.add(key)
             backend = get_task(c.task).backend_for(c)
             check_batches(c, backend, backend.prepare())
+        # building the seed imports torchvision's models (some 3 s): after the data, whose errors are the common ones
+        net = json.dumps([c.space, c.seed_net.model_dump(mode="json")], sort_keys=True)
+        if net not in nets:
+            nets.add(net)
+            w = c.seed_net.weights
+            local = w is not None and w != "pretrain" and looks_like_path(w)  # read and matched to the seed here
+            problem = fit_problem(load_seed(c.seed_net.name, w if local else None, **c.seed_net.options),
+                                  get_space(c.space))
+            if problem:
+                raise FnatuneError(problem)
 
 
-def memory_message(cfg: PipelineCfg, run: RunDir, gb: float) -> str:
+def memory_message(cfg: PipelineCfg, run: RunDir, gb: float, root: RunDir | None = None) -> str:
     """One line for a trial that Ray's memory monitor killed: where (the stage, the search's kind of step), how much
-    its worker held, and the settings that lower the peak."""
+    its worker held, and the settings that lower the peak. ``run`` is the trial's run directory (with ``cfg``, its
+    config); ``root``, when that trial belongs to a sweep or variants, the directory to resume."""
     from fnatune.search import STEP_FILE
     from fnatune.stages import stages_for
 
@@ -299,15 +318,74 @@ def memory_message(cfg: PipelineCfg, run: RunDir, gb: float) -> str:
         during = f" during its {kind} steps" + (" (every candidate of every layer at once)" if kind == "arch" else "")
     held = "" if gb != gb else f", its worker holding {gb:.1f} GB"
     s, f = cfg.search, cfg.finetune
-    if stage == "search":
-        lower = (f"lower search.batch_size (now {s.batch_size}) or the search's input size (search.augment), or "
-                 f"recompute more of the mixed layers (search.recompute_mixed, now {s.recompute_mixed:g}; 1 = all)")
-    elif stage == "finetune":
-        lower = f"lower finetune.batch_size (now {f.batch_size}) or the fine-tune's input size (finetune.augment)"
+    resume = f"fnatune resume {(root or run).path}"
+    if root is None:
+        if stage == "search":
+            key, now, less = _input_size(cfg, "search")
+            smaller = (f"lower search.batch_size (now {s.batch_size}; `{resume} --set search.batch_size="
+                       f"{s.batch_size // 2}` starts the search over) or its input size ({key}, now {now})"
+                       if s.batch_size > 1 else "lower the search's input size (the batch is 1): "
+                                                + _restart(resume, key, less, "search"))
+            if kind != "weight" and s.recompute_mixed < 1:
+                lower = (f"recompute every mixed layer in the backward pass (same gradients; now "
+                         f"{s.recompute_mixed:g}): `{resume} --set search.recompute_mixed=1`, or {smaller}")
+            else:
+                lower = smaller
+        elif stage == "finetune":
+            key, now, less = _input_size(cfg, "finetune")
+            lower = (f"lower finetune.batch_size (now {f.batch_size}; `{resume} --set finetune.batch_size="
+                     f"{f.batch_size // 2}` starts the fine-tune over; scale finetune.optim.lr with it) or its input "
+                     f"size ({key}, now {now})" if f.batch_size > 1 else
+                     "lower the fine-tune's input size (the batch is 1): " + _restart(resume, key, less, "finetune"))
+        else:
+            lower = f"give the trial a machine with more memory, then `{resume}`"
+    else:  # a sweep's trial: its settings are its own, and a resume only changes how trials run
+        lower = (f"its search.batch_size is {s.batch_size}, its finetune.batch_size {f.batch_size}: lower them in a "
+                 f"new run, or continue as it is with `{resume}`")
+    trial = "the trial" if root is None else f"trial {run.path.name}"
+    return (f"Ray's memory monitor killed {trial} in stage '{stage}'{during}{held}: the machine ran short of "
+            f"memory; {lower}")
+
+
+def _input_size(cfg: PipelineCfg, stage: str) -> tuple[str, str, str]:
+    """The key of ``stage``'s input size (det: the resize scale; the other tasks: the crop), its value, and a value
+    of about 3/4 the side (a multiple of 32), written as ``--set`` takes them."""
+    from fnatune.tasks import get_task
+
+    task = get_task(cfg.task).name
+    if task == "pose":  # a person crop's size, which every stage shares: not one a resume can change
+        key, size = "pose.input_size", cfg.pose.input_size  # type: ignore[attr-defined]
     else:
-        lower = "give the trial a machine with more memory"
-    return (f"Ray's memory monitor killed the trial in stage '{stage}'{during}{held}: the machine ran short of "
-            f"memory; {lower}, then resume with `fnatune resume {run.path}`")
+        field = "scale" if task == "det" else "crop"
+        key, size = f"{stage}.augment.{field}", getattr(getattr(cfg, stage).augment, field)
+    less = [max(32, int(v * 0.75) // 32 * 32) for v in size]
+    return key, f"[{size[0]}, {size[1]}]", f"[{less[0]},{less[1]}]"
+
+
+def _restart(resume: str, key: str, value: str, stage: str) -> str:
+    """How to continue with ``key`` set to ``value``: a resume that starts ``stage`` over, when ``key`` is one of
+    that stage's own settings; else a new run."""
+    if key.startswith(stage + "."):
+        return f"`{resume} --set {key}={value}` starts the {stage} over"
+    return f"{key} (e.g. {value}) in a new run; every stage uses it"
+
+
+def _memory_error(cfg: PipelineCfg, run: RunDir, killed: Any) -> FnatuneError:
+    """The one line for :class:`fnatune.tune.MemoryKilled`: about the trial whose process was killed (found by its
+    pid among the run's trials), or, when none is found, about the run as a whole."""
+    if shape(cfg) == "single":
+        return FnatuneError(memory_message(cfg, run, killed.gb))
+    trial = next((t for t in run.trial_runs()[1:] if killed.pid is not None and t.worker_pid() == killed.pid), None)
+    if trial is not None:
+        try:
+            return FnatuneError(memory_message(trial.read_config(), trial, killed.gb, root=run))
+        except FnatuneError:
+            pass  # the trial's config is unreadable: say it about the run
+    held = "" if killed.gb != killed.gb else f" (a process holding {killed.gb:.1f} GB)"
+    fewer = "fewer trials at once (sweep.max_concurrent) or " if cfg.sweep is not None else ""
+    return FnatuneError(f"Ray's memory monitor killed one of the trials{held}: the machine ran short of memory; "
+                        f"start a new run with {fewer}lower search.batch_size and finetune.batch_size, or continue "
+                        f"as it is with `fnatune resume {run.path}`")
 
 
 def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str | None = None,
@@ -341,6 +419,9 @@ def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str |
                 tracker.log_params(parent, {f"sweep.params.{k}": json.dumps(v) for k, v in cfg.sweep.params.items()})
             tracker.log_artifact(parent, run.config_path)
         state["parent_run"] = parent
+        run.write_state(state)
+        tag_changes(run, tracker, parent)
+        state = run.state()
     spec = TrialSpec(cfg.model_dump(mode="json", by_alias=True), str(run.path), tracker.uri, cfg.tracking.experiment,
                      cfg.tracking.enabled, kind, source, os.getcwd(), parent,
                      tuple(cfg.sweep.params) if cfg.sweep else ())
@@ -351,7 +432,10 @@ def run_experiment(cfg: PipelineCfg, run_dir: str | Path, *, tracking_uri: str |
     with ft.ray_session(address, num_cpus=local_cpus if address is None else None):
         # A sweep restores Tune's experiment (its searcher state, its trial ids); one run or the variants
         # simply run again: every trial continues from its own directory (done stages, checkpoints).
-        results = ft.run_trials(plan, resume=resume and kind == "sweep")
+        try:
+            results = ft.run_trials(plan, resume=resume and kind == "sweep")
+        except ft.MemoryKilled as killed:
+            raise _memory_error(cfg, run, killed) from None
     if kind == "single":
         if results and results[0].memory_gb is not None:
             raise FnatuneError(memory_message(cfg, run, results[0].memory_gb))

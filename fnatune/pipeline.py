@@ -12,6 +12,7 @@ from typing import Any
 from fnatune.config import PipelineCfg, apply_overrides, flatten, validate
 from fnatune.framework import Launcher, Progress, Reporter, RunContext, run_stages
 from fnatune.outbox import make_tracker, outbox_of
+from fnatune.reconfigure import tag_changes
 from fnatune.rundir import RunDir
 
 
@@ -39,6 +40,7 @@ def execute(cfg: PipelineCfg, run_dir: str | Path | RunDir, tracking_uri: str | 
         tracker.log_artifact(parent, run.config_path)
     state["parent_run"] = parent
     run.write_state(state)
+    tag_changes(run, tracker, parent)
     ctx = RunContext(cfg, run, tracker, parent, progress, reporter=reporter or Reporter(),
                      launcher=launcher or Launcher())
     result = run_stages(ctx, stages_for(cfg))

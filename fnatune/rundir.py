@@ -43,6 +43,7 @@ class RunDir:
     ARCH = "arch.json"
     DONE = "done.json"
     TRIAL_ERROR = "trial_error.json"
+    WORKER = "worker.json"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -216,6 +217,24 @@ class RunDir:
         candidates = [self.summary_path(k) for k in ("ablation", "sweep")] + [self.pareto_path(".md"),
                                                                              self.pareto_path(".png")]
         return [p for p in candidates if p.exists()]
+
+    def trial_runs(self) -> list[RunDir]:
+        """This run and its sweep trials and variants: the run directories a Tune trial may be working in."""
+        subs = [p for kind in ("trials", "variants") if (self.path / kind).is_dir()
+                for p in sorted((self.path / kind).iterdir()) if p.is_dir()]
+        return [self, *(RunDir(p) for p in subs)]
+
+    def set_worker(self) -> None:
+        """Record the process (and host) that works on this run now: Ray's memory monitor names the process it
+        kills, and the driver finds the trial by it."""
+        atomic_write_json(self.path / self.WORKER, {"pid": os.getpid(), "host": socket.gethostname()})
+
+    def worker_pid(self) -> int | None:
+        """The process :meth:`set_worker` recorded, if any (None when unreadable: it is only a hint)."""
+        try:
+            return int(json.loads((self.path / self.WORKER).read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def trial_error(self) -> str | None:
         """The user error this run (a trial) stopped with, if any."""

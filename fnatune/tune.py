@@ -132,6 +132,22 @@ def memory_kill(text: str) -> float | None:
     return float(m.group(1)) if m else float("nan")
 
 
+class MemoryKilled(Exception):
+    """Ray's memory monitor killed a trial's process in a way Tune does not treat as a trial failure (Ray 2.60
+    raises its ``OutOfMemoryError`` for the trial's actor out of ``Tuner.fit``, which ends every trial).
+    ``gb``: what the killed process held (nan: unsaid); ``pid``: that process, when the report names it."""
+
+    def __init__(self, gb: float, pid: int | None) -> None:
+        super().__init__(f"Ray's memory monitor killed process {pid} ({gb:.1f} GB)")
+        self.gb, self.pid = gb, pid
+
+
+def killed_pid(text: str) -> int | None:
+    """The process a memory-monitor report says it killed (its "Selected to kill" entry, else the first pid it names)."""
+    m = re.search(r"Selected to kill:.*?\bpid=(\d+)", text, re.S) or re.search(r"\bpid=(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
 @dataclass(frozen=True)
 class TrialInfo:
     """Inside a trial: its id and name, the CPUs it was given and the node it runs on."""
@@ -436,7 +452,14 @@ def run_trials(plan: TrialPlan, resume: bool = False) -> list[TrialResult]:
     # KeyboardInterrupt reaches the CLI, which exits 130 with the resume command (the stages' checkpoints
     # and Tune's periodic experiment snapshots are what a resume continues from)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception as e:
+        text = _full_text(e)
+        gb = memory_kill(text)
+        if gb is None:
+            raise
+        raise MemoryKilled(gb, killed_pid(text)) from None
     if watch.state["timed_out"]:
         raise _resource_error(plan, cluster, plan.pending_timeout_s)
     out = []

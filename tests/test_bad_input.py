@@ -151,6 +151,36 @@ def test_cuda_on_a_machine_without_it_is_refused_before_ray_starts(tmp_path: Pat
     assert "--set device=cpu" in res.output
 
 
+def _resnet18_checkpoint(tmp: Path) -> str:
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp / "resnet18.pth")
+    return f"seed_net.weights={tmp / 'resnet18.pth'}"
+
+
+@pytest.mark.parametrize(("make_set", "expected"), [
+    (lambda t: "space=mbv2_sge", r"unknown search space 'mbv2_sge'\. Did you mean 'mbv2_seg'\?"),
+    (lambda t: "seed_net.name=resnet9000", r"unknown seed 'resnet9000'\. Did you mean 'resnet50'\?"),
+    (lambda t: "seed_net.name=resnet18", r"seed 'resnet18' \(resnet blocks\) does not fit space 'mbv2_seg'"),
+    (lambda t: f"seed_net.weights={t / 'gone.pth'}", r"seed checkpoint '.*gone\.pth' does not exist"),
+    (_resnet18_checkpoint, r"resnet18\.pth' does not match seed 'mobilenet_v2'.*another network\?"),
+])
+def test_the_space_and_the_seed_are_checked_before_ray_starts_and_before_the_data(
+        make_set: Callable[[Path], str], expected: str, tmp_path: Path, no_ray: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt space or seed, a seed whose blocks do not fit the space, a local seed checkpoint that is missing
+    or of another network: each was found by the trial's seed or supernet stage, after Ray started (half a
+    minute); the driver now checks the names first, and builds the seed (random weights, or the local checkpoint)
+    after the data check."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["run", str(ROOT / "pipelines/tiny/seg.yaml"), "--run-dir", "r",
+                                    "--set", make_set(tmp_path)])
+    assert res.exit_code == 2 and re.search(expected, _one_error_line(res.output)), res.output
+    if "unknown" in expected:  # a misspelt name is said before the data is even generated
+        assert not (tmp_path / "data").exists()
+
+
 def _one_error_line(output: str) -> str:
     """The one ``Error:`` line of a refused command (and no traceback)."""
     errors = [line for line in output.splitlines() if line.startswith("Error: ")]

@@ -198,6 +198,58 @@ def test_ctrl_c_then_sigkill_mid_search_then_resume_gives_the_same_arch(in_workd
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+def test_resume_with_set_changes_how_in_place_and_starts_an_unfinished_stage_over(in_workdir: Path) -> None:
+    """After a Ctrl-C in the search: a change of a finished stage's setting is refused in one line; then a resume
+    with --set recomputes every mixed layer (a how change), searches 3 epochs instead of 4 (the search starts over,
+    its first attempt set aside, its MLflow stage run ended) and fine-tunes 4 iterations instead of 6 (not started:
+    applies when it runs). The finished stages are kept."""
+    uri = f"sqlite:///{in_workdir / 'changed.db'}"
+    run = in_workdir / "changed"
+    env = {**os.environ, "FNATUNE_CACHE": str(in_workdir / "cache")}
+    with open(in_workdir / "changed.log", "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fnatune.cli", "run", str(_micro(in_workdir)), "--run-dir",
+                                 str(run), "--tracking-uri", uri], cwd=in_workdir, env=env, start_new_session=True,
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while not (run / "stages/search/alpha/epoch_000.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (in_workdir / "changed.log").read_text()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+
+    def resume(*sets: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+        args = [a for k in sets for a in ("--set", k)]
+        return subprocess.run([sys.executable, "-m", "fnatune.cli", "resume", str(run), *args, "--tracking-uri", uri],
+                              cwd=in_workdir, env=env, capture_output=True, text=True, timeout=600)
+
+    res = resume("data.num_classes=5")
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "Error: --set data.num_classes: stage 'data', whose result it shapes, has finished, so that result would not "
+        "match the config; start a new run to change it"], res.stdout + res.stderr
+    res = resume("search.recompute_mixed=1", "search.epochs=3", "finetune.iters=4")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(res.stdout.splitlines()[:3]) == [  # printed in the config's order
+        "changed finetune.iters: 6 -> 4; applies when its stage runs",
+        "changed search.epochs: 4 -> 3; stage 'search' starts over (its work so far is set aside)",
+        "changed search.recompute_mixed: 0.7 -> 1.0; applies from the next step"]
+    assert "[3/8] supernet: complete, skipped" in res.stdout and "resuming search" not in res.stdout
+    aside, = (run / "set_aside").iterdir()
+    assert (aside / "alpha/epoch_000.json").exists()
+    assert sorted(p.name for p in (run / "stages/search/alpha").iterdir()) == [f"epoch_{e:03d}.json" for e in range(3)]
+    client = _client(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fnatune").experiment_id])
+    finetune = next(r for r in runs if r.info.run_name == "finetune")
+    assert [m.step for m in client.get_metric_history(finetune.info.run_id, "loss")] == [3, 4]  # log_every 3, last
+    searches = sorted((r for r in runs if r.info.run_name == "search"), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in searches] == ["KILLED", "FINISHED"]
+    assert "fnatune.set_aside" in searches[0].data.tags
+    assert sorted(m.step for m in client.get_metric_history(searches[1].info.run_id, "alpha_entropy")) == [0, 1, 2]
+    parent = client.get_run(json.loads((run / "run.json").read_text())["parent_run"])
+    assert "search.epochs: 4 -> 3" in parent.data.tags["fnatune.resume_changes"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_trial_process_that_aborts_is_a_failed_run_not_a_success(in_workdir: Path) -> None:
     """SIGABRT to the trial's worker in the middle of the search (``Fatal Python error: Aborted`` in the Tune
     worker): with no retries left the run exits non-zero with the cause and the resume command, prints no
@@ -448,5 +500,85 @@ def test_a_trial_killed_for_memory_is_one_line_with_where_how_much_and_what_to_l
     msg = memory_message(cfg, run, 16.7)
     assert "\n" not in msg
     assert msg.startswith("Ray's memory monitor killed the trial in stage 'search' during its arch steps")
-    assert "its worker holding 16.7 GB" in msg and "search.batch_size (now 2)" in msg
-    assert "search.recompute_mixed, now 0.7" in msg and f"fnatune resume {run.path}" in msg
+    assert "its worker holding 16.7 GB" in msg and "search.batch_size (now 2;" in msg
+    assert f"(same gradients; now 0.7): `fnatune resume {run.path} --set search.recompute_mixed=1`" in msg
+    assert f"`fnatune resume {run.path} --set search.batch_size=1` starts the search over" in msg
+    assert "its input size (search.augment.crop, now [513, 513])" not in msg  # the tiny pose pipeline's own:
+    assert "its input size (pose.input_size, now [" in msg                    # a person crop's size
+    # weight steps are single-path: recomputing mixed layers cannot help; a batch of 1 leaves the input size
+    (run.stage_dir("search") / "work/step.json").write_text(json.dumps({"kind": "weight"}))
+    seg = load_config(ROOT / "pipelines/tiny/seg.yaml", ["search.batch_size=1"])
+    msg = memory_message(seg, run, 3.0)
+    assert "recompute" not in msg and msg.endswith(
+        f"lower the search's input size (the batch is 1): `fnatune resume {run.path} --set "
+        f"search.augment.crop=[{int(seg.search.augment.crop[0] * 0.75) // 32 * 32},"
+        f"{int(seg.search.augment.crop[1] * 0.75) // 32 * 32}]` starts the search over")
+    run.mark_done("search", {"outputs": {}, "metrics": {}, "hours": 0.0})
+    run.mark_done("target", {"outputs": {}, "metrics": {}, "hours": 0.0})
+    msg = memory_message(seg, run, 3.0)
+    assert msg.startswith("Ray's memory monitor killed the trial in stage 'finetune', its worker holding 3.0 GB")
+    assert f"--set finetune.batch_size={seg.finetune.batch_size // 2}` starts the fine-tune over" in msg
+
+
+def test_a_memory_kill_in_a_sweep_names_the_trial_whose_process_was_killed(tmp_path: Path) -> None:
+    """Tune's crash ends every trial of a sweep; the line names the one whose process the monitor chose (each trial
+    records its pid), where it was, and resumes the sweep."""
+    from fnatune.config import load_config
+    from fnatune.experiment import _memory_error
+    from fnatune.rundir import RunDir
+    from fnatune.tune import MemoryKilled
+
+    cfg = load_config(ROOT / "pipelines/tiny/sweep.yaml")
+    root = RunDir(tmp_path / "sweep")
+    for n, tid in enumerate(("a1_00000", "a1_00001")):
+        trial = root.trial(tid)
+        trial.path.mkdir(parents=True)
+        trial.write_config(load_config(ROOT / "pipelines/tiny/seg.yaml", [f"finetune.batch_size={4 + n}"]), "test")
+        (trial.path / RunDir.WORKER).write_text(json.dumps({"pid": 7000 + n, "host": "h"}))
+        trial.mark_done("data", {"outputs": {}, "metrics": {}, "hours": 0.0})
+    for stage in ("seed", "supernet", "search", "target"):
+        root.trial("a1_00001").mark_done(stage, {"outputs": {}, "metrics": {}, "hours": 0.0})
+    msg = str(_memory_error(cfg, root, MemoryKilled(5.5, 7001)))
+    assert msg.startswith("Ray's memory monitor killed trial a1_00001 in stage 'finetune', its worker holding 5.5 GB")
+    assert "its finetune.batch_size 5: lower them in a new run" in msg
+    assert msg.endswith(f"or continue as it is with `fnatune resume {root.path}`")
+    msg = str(_memory_error(cfg, root, MemoryKilled(float("nan"), 9)))  # no trial had that process
+    assert msg.startswith("Ray's memory monitor killed one of the trials: ") and "sweep.max_concurrent" in msg
+
+
+def _hog(config: dict, payload: dict) -> None:
+    """A trial that takes memory in 128 MiB steps (pages touched) until Ray's memory monitor kills it, or until
+    ``payload['cap_mib']``, when it records that nothing killed it."""
+    import numpy as np
+
+    held = []
+    while len(held) * 128 < payload["cap_mib"]:
+        held.append(np.ones(128 << 20, dtype=np.uint8))
+        time.sleep(0.05)
+    Path(payload["survived"]).write_text(str(len(held) * 128))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_real_memory_monitor_kill_ends_fit_as_memory_killed_naming_the_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray 2.60's memory monitor kills a trial's actor with an ``OutOfMemoryError`` that Tune's controller
+    re-raises out of ``Tuner.fit`` (not a trial error): ``run_trials`` turns it into :class:`MemoryKilled` with the
+    killed process and what it held. A real kill: the local Ray's threshold is set 1.5 GiB above what the machine
+    uses now, and the trial takes memory until the monitor acts (8 GiB at most: past that, nothing killed it)."""
+    from fnatune.tune import MemoryKilled, Resources, TrialPlan, ray_session, run_trials
+
+    # Ray's measure without a cgroup limit: used = MemTotal - MemAvailable
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    total, available = (int(info[k].split()[0]) << 10 for k in ("MemTotal", "MemAvailable"))
+    monkeypatch.setenv("RAY_memory_usage_threshold", f"{(total - available + (1536 << 20)) / total:.4f}")
+    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "100")
+    survived = tmp_path / "survived.txt"
+    plan = TrialPlan(_hog, {"cap_mib": 8192, "survived": str(survived)}, tmp_path / "tune", Resources(cpu=1),
+                     Resources(cpu=1), retries=0)
+    with ray_session(num_cpus=1), pytest.raises(MemoryKilled) as killed:
+        run_trials(plan)
+    assert not survived.exists()
+    assert killed.value.pid is not None and killed.value.pid != os.getpid()
+    # what the report says the hog held at the kill: a figure (not nan), below what it would have taken unkilled
+    assert 0 < killed.value.gb < 8.5
