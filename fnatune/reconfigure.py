@@ -98,6 +98,10 @@ def plan_changes(cfg: PipelineCfg, run: RunDir, overrides: list[str]) -> tuple[P
         if is_how(key):
             changes.append(Change(key, old, value, None))
             continue
+        if key.startswith("tracking."):
+            raise FnatuneError(f"--set {key}: the run's MLflow runs exist already, in the store and experiment it "
+                               f"started with; for the same store at a new address use --tracking-uri, and "
+                               f"`fnatune sync` sends what waited")
         if not single:
             raise FnatuneError(f"--set {key}: a sweep's or variants' trials keep their own configs, so a resume "
                                f"changes only how they run ({', '.join(p.rstrip('.') for p in HOW_KEYS)}); start "

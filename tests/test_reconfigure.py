@@ -98,6 +98,7 @@ def test_a_change_for_a_started_stage_sets_its_work_aside_and_ends_its_stage_run
     (["search.batch_size=0"], "search.batch_size"),
     (["search.enabled=false", "arch=seed"], "--set: the change turns the run's stages from data, seed, supernet, search"),
     (["searchh.epochs=3"], "searchh"),
+    (["tracking.experiment=other"], "--set tracking.experiment: the run's MLflow runs exist already"),
 ])
 def test_a_change_that_cannot_be_made_is_one_line_and_changes_nothing(tmp_path: Path, sets: list[str],
                                                                       message: str) -> None:

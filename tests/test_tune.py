@@ -165,8 +165,8 @@ def test_a_killed_trial_is_retried_from_tunes_checkpoint(in_workdir: Path, basel
 def test_ctrl_c_then_sigkill_mid_search_then_resume_gives_the_same_arch(in_workdir: Path, baseline_arch: dict
                                                                           ) -> None:
     """Ctrl-C (SIGINT to the process group) in the search ends the run with 130 and the resume command, not a
-    summary; the resumed run is then SIGKILLed (its directory lock goes with the process) and resumed again, and
-    the arch is the uninterrupted run's."""
+    summary; the resumed run is then SIGKILLed (its directory lock goes with the process) and resumed again, with
+    a how-setting changed (``--set data.num_workers=1``), and the arch is the uninterrupted run's."""
     cfg = _micro(in_workdir)
     run = in_workdir / "killed"
     env = {**os.environ, "FNATUNE_CACHE": str(in_workdir / "cache")}
@@ -197,11 +197,17 @@ def test_ctrl_c_then_sigkill_mid_search_then_resume_gives_the_same_arch(in_workd
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "stages/search/done.json").exists()
-    # the console script's path (``entry``: it ends the process itself once Ray is stopped)
-    res = subprocess.run([sys.executable, "-m", "fnatune.cli", "resume", str(run)], cwd=in_workdir, env=env,
-                         capture_output=True, text=True, timeout=300)
+    # the console script's path (``entry``: it ends the process itself once Ray is stopped), with a setting of how
+    # the run is carried out changed: the search continues from its checkpoint, with a data-loader worker process
+    # (the samples are seeded per sample, so the batches are the same)
+    first_epoch = (run / "stages/search/alpha/epoch_000.json").stat().st_mtime_ns
+    res = subprocess.run([sys.executable, "-m", "fnatune.cli", "resume", str(run), "--set", "data.num_workers=1"],
+                         cwd=in_workdir, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.startswith("changed data.num_workers: 0 -> 1; applies from the next step\n")
     assert "[3/8] supernet: complete, skipped" in res.stdout
+    assert (run / "stages/search/alpha/epoch_000.json").stat().st_mtime_ns == first_epoch  # not searched again
+    assert not (run / "set_aside").exists()
     assert f"results: {run}" in res.stdout and "derived architecture:" in res.stdout  # flushed before the exit
     assert json.loads((run / "arch.json").read_text()) == baseline_arch
 
