@@ -48,7 +48,7 @@ demo: install-core
 test: install lint
 	$(BIN)/python -m pytest -q
 
-# the lane for developing: everything but the end-to-end pipelines and Ray clusters (under 2 minutes)
+# the lane for developing: everything but the end-to-end pipelines and Ray clusters (about 8 minutes on 2 cores)
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
