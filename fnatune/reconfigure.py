@@ -122,7 +122,9 @@ def apply_changes(cfg: PipelineCfg, run: RunDir, changes: list[Change], source: 
     state = run.state()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for stage in sorted({c.restarts for c in changes if c.restarts}):
-        aside = run.path / "set_aside" / f"{stage}-{stamp}"
+        aside, n = run.path / "set_aside" / f"{stage}-{stamp}", 1
+        while aside.exists():  # two resumes within a second
+            aside, n = run.path / "set_aside" / f"{stage}-{stamp}-{n}", n + 1
         aside.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(run.stage_dir(stage)), str(aside))
         state.setdefault("stage_runs_set_aside", {})[stage] = state.get("stage_runs", {}).pop(stage, None)
