@@ -90,6 +90,11 @@ def test_a_change_for_a_started_stage_sets_its_work_aside_and_ends_its_stage_run
     assert t.ended == [("r-search", "KILLED")] and "fnatune.set_aside" in t.tags["r-search"]
     tag_changes(run, t, "p")  # once per resume
     assert t.ended == [("r-search", "KILLED")]
+    # the search starts again and is changed again (within the same second): each attempt keeps its own folder
+    (run.stage_dir("search") / "work").mkdir(parents=True)
+    new, changes = plan_changes(run.read_config(), run, ["search.batch_size=2"])
+    apply_changes(new, run, changes, "test resume")
+    assert len(list((run.path / "set_aside").iterdir())) == 2 and len(run.state()["resume_changes"]) == 2
 
 
 @pytest.mark.parametrize(("sets", "message"), [
