@@ -412,14 +412,13 @@ def resume(run_dir: Path, overrides: tuple[str, ...], tracking_uri: str | None, 
     cfg = run.read_config()
     run.check()
     with run.owned():
+        changes = []
         if overrides:
             cfg, changes = plan_changes(cfg, run, list(overrides))
-            _check_tracking(cfg, tracking_uri)
-            apply_changes(cfg, run, changes, f"{run.config_path}, changed at resume: {' '.join(overrides)}")
-            for change in changes:
-                click.echo(f"changed {change.describe()}")
-        else:
-            _check_tracking(cfg, tracking_uri)
+        _check_tracking(cfg, tracking_uri)
+        apply_changes(cfg, run, changes, f"{run.config_path}, changed at resume: {' '.join(overrides)}")
+        for change in changes:
+            click.echo(f"changed {change.describe()}")
         click.echo(f"fnatune resume {run_dir}")
         _execute(cfg, run_dir, str(run.config_path), tracking_uri, address, resume=True)
 

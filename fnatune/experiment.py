@@ -375,7 +375,7 @@ def _memory_error(cfg: PipelineCfg, run: RunDir, killed: Any) -> FnatuneError:
     pid among the run's trials), or, when none is found, about the run as a whole."""
     if shape(cfg) == "single":
         return FnatuneError(memory_message(cfg, run, killed.gb))
-    trial = next((t for t in run.trial_runs()[1:] if killed.pid is not None and t.worker_pid() == killed.pid), None)
+    trial = next((t for t in run.trial_runs() if killed.pid is not None and t.worker_pid() == killed.pid), None)
     if trial is not None:
         try:
             return FnatuneError(memory_message(trial.read_config(), trial, killed.gb, root=run))

@@ -219,10 +219,9 @@ class RunDir:
         return [p for p in candidates if p.exists()]
 
     def trial_runs(self) -> list[RunDir]:
-        """This run and its sweep trials and variants: the run directories a Tune trial may be working in."""
-        subs = [p for kind in ("trials", "variants") if (self.path / kind).is_dir()
+        """The run directories of this run's sweep trials and variants."""
+        return [RunDir(p) for kind in ("trials", "variants") if (self.path / kind).is_dir()
                 for p in sorted((self.path / kind).iterdir()) if p.is_dir()]
-        return [self, *(RunDir(p) for p in subs)]
 
     def set_worker(self) -> None:
         """Record the process (and host) that works on this run now: Ray's memory monitor names the process it

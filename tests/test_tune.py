@@ -498,13 +498,18 @@ def test_a_trial_killed_for_memory_is_one_line_with_where_how_much_and_what_to_l
     from fnatune.config import load_config
     from fnatune.experiment import memory_message
     from fnatune.rundir import RunDir
-    from fnatune.tune import memory_kill
+    from fnatune.tune import killed_pid, memory_kill
 
     report = ("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.\n"
               "Memory on the node (IP: 127.0.0.1, ID: 4f2) where the lease (actor ID: 9a, name=ImplicitFunc.__init__, "
               "pid=8080, actual memory used=16.7GB, worker ID=ee1) was running was 22.8GB / 24.0GB (0.95), which "
               "exceeds the memory usage threshold of 0.95.\nTop 10 memory users:\nPID\tMEM(GB)\tCOMMAND\n...")
-    assert memory_kill(report) == 16.7
+    assert memory_kill(report) == 16.7 and killed_pid(report) == 8080
+    # Ray 2.60's report lists the workers it considered; the one it killed is the "Selected to kill" entry
+    assert killed_pid("Considered workers: [(Actor(77ab): task name=ImplicitFunc.train, pid=555, actual memory "
+                      "used=0.2GB)\nSelected to kill: (Actor(10fc): job ID=01, task name=ImplicitFunc."
+                      "__init__, required resources={CPU: 2}, pid=10821, actual memory used=18.81GB)\n]\nTop 10 "
+                      "memory users: PID\tMEM(GB)\n10821\t18.81\n") == 10821
     assert memory_kill("ValueError: a bug") is None
     assert memory_kill("OutOfMemoryError: no figures") != memory_kill("OutOfMemoryError: no figures")  # nan
     cfg = load_config(ROOT / "pipelines/tiny/pose.yaml", ["search.batch_size=2"])
